@@ -1,0 +1,320 @@
+"""Configuration: SkyDNS's single-dash flags, their environment variables, and /skydns/config.
+
+Precedence is SkyDNS's: built-in default < environment variable < command-line flag <
+the JSON object at ``/skydns/config`` in etcd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import socket
+
+import dns.name
+
+DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
+
+
+class ConfigError(ValueError):
+    """A flag, environment variable or /skydns/config value that cannot be used."""
+
+
+@dataclasses.dataclass
+class Config:
+    addr: str = "127.0.0.1:53"
+    domain: str = "skydns.local."
+    machines: list = dataclasses.field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    nameservers: list = dataclasses.field(default_factory=list)
+    local: str = ""
+    hostmaster: str = "hostmaster@skydns.local."
+    dnssec: str = ""
+    no_rec: bool = False
+    round_robin: bool = True
+    ns_rotate: bool = True
+    rtimeout: float = 2.0
+    rcache: int = 0
+    rcache_ttl: int = 60
+    scache: int = 10000
+    ndots: int = 2
+    path_prefix: str = "skydns"
+    stubzones: bool = False
+    verbose: bool = False
+    tls_key: str = ""
+    tls_pem: str = ""
+    ca_cert: str = ""
+    username: str = ""
+    password: str = ""
+    ttl: int = 3600
+    min_ttl: int = 60
+    priority: int = 10
+    healthz_port: int = 8080
+    healthz_addr: str = "0.0.0.0"
+    healthz_query: str = ""
+    prometheus_port: int = 0
+    prometheus_path: str = "/metrics"
+    workers: int = 1
+
+    def __post_init__(self):
+        self.normalize()
+
+    def normalize(self):
+        """Canonical forms (absolute lower-case domain, hostmaster as a name) and checks."""
+        self.domain = _absolute(self.domain)
+        if self.local:
+            self.local = _absolute(self.local)
+        if not re.match(r"^[A-Za-z0-9_\-]+$", self.path_prefix):
+            raise ConfigError(f"path prefix {self.path_prefix!r} must be a single key component")
+        parse_hostport(self.addr, 53)
+        self.nameservers = [_format_hostport(*parse_hostport(ns, 53)) for ns in self.nameservers]
+        for name in ("ndots", "ttl", "min_ttl", "priority", "rcache", "rcache_ttl", "scache",
+                     "healthz_port", "prometheus_port", "workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if self.rtimeout <= 0:
+            raise ConfigError("rtimeout must be positive")
+
+    @property
+    def domain_name(self) -> dns.name.Name:
+        return dns.name.from_text(self.domain)
+
+    @property
+    def hostmaster_name(self) -> dns.name.Name:
+        """``hostmaster@skydns.local.`` -> ``hostmaster.skydns.local.`` (SOA rname)."""
+        return dns.name.from_text(_absolute(self.hostmaster.replace("@", ".", 1)))
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return parse_hostport(self.addr, 53)
+
+
+def _absolute(name: str) -> str:
+    name = name.strip().lower()
+    if not name.endswith("."):
+        name += "."
+    try:
+        dns.name.from_text(name)
+    except Exception as exc:  # dnspython raises several types for bad names
+        raise ConfigError(f"{name!r} is not a valid domain name: {exc}") from None
+    return name
+
+
+def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``host`` or bare ``v6`` -> (host, port)."""
+    value = value.strip()
+    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", value)
+    if m:
+        host, port = m.group(1), m.group(2)
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    else:
+        host, port = value, None
+    try:
+        port = int(port) if port else default_port
+    except ValueError:
+        raise ConfigError(f"bad port in {value!r}") from None
+    if not host or not 0 <= port <= 65535:
+        raise ConfigError(f"bad address {value!r}: want host:port")
+    return host, port
+
+
+def _format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_bool(value) -> bool:
+    """Go's strconv.ParseBool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "t", "true"):
+        return True
+    if text in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {value!r}")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value) -> float:
+    """Go durations (``2s``, ``500ms``, ``1m30s``) or plain seconds -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise argparse.ArgumentTypeError(f"invalid duration {value!r}")
+    return total
+
+
+def _split_list(value: str) -> list:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def resolv_conf_nameservers(path: str = DEFAULT_RESOLV_CONF) -> list:
+    """``nameserver`` lines of resolv.conf as host:53 (SkyDNS's default upstreams)."""
+    servers = []
+    try:
+        with open(path) as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append(_format_hostport(parts[1].split("%")[0], 53))
+    except OSError:
+        pass
+    return servers
+
+
+# (flag, attribute, type, environment variable, help)
+_FLAGS = [
+    ("addr", "addr", str, "SKYDNS_ADDR", "ip:port to serve DNS on (UDP and TCP)"),
+    ("domain", "domain", str, "SKYDNS_DOMAIN", "domain to be authoritative for"),
+    ("machines", "machines", _split_list, "ETCD_MACHINES", "comma-separated etcd URLs"),
+    ("nameservers", "nameservers", _split_list, "SKYDNS_NAMESERVERS",
+     "comma-separated upstream host:port (default: from /etc/resolv.conf)"),
+    ("local", "local", str, None, "name that local.dns.<domain> answers for"),
+    ("hostmaster", "hostmaster", str, None, "SOA hostmaster mailbox"),
+    ("dnssec", "dnssec", str, None, "base path of a BIND DNSSEC key pair; enables signing"),
+    ("no-rec", "no_rec", parse_bool, None, "do not forward names outside the domain"),
+    ("round-robin", "round_robin", parse_bool, None, "rotate A/AAAA/SRV answers"),
+    ("ns-rotate", "ns_rotate", parse_bool, None, "rotate the upstream name servers per query"),
+    ("rtimeout", "rtimeout", parse_duration, None, "upstream read timeout (Go duration)"),
+    ("rcache", "rcache", int, None, "response cache size for forwarded answers (0: off)"),
+    ("rcache-ttl", "rcache_ttl", int, None, "response cache TTL in seconds"),
+    ("scache", "scache", int, None, "DNSSEC signature cache size"),
+    ("ndots", "ndots", int, "SKYDNS_NDOTS", "names with fewer labels are not forwarded"),
+    ("path-prefix", "path_prefix", str, "SKYDNS_PATH_PREFIX", "etcd key prefix"),
+    ("stubzones", "stubzones", parse_bool, None, "forward stub zones from stub.dns.<domain>"),
+    ("verbose", "verbose", parse_bool, None, "log every query"),
+    ("tls-key", "tls_key", str, "ETCD_TLSKEY", "etcd client TLS key"),
+    ("tls-pem", "tls_pem", str, "ETCD_TLSPEM", "etcd client TLS certificate"),
+    ("ca-cert", "ca_cert", str, "ETCD_CACERT", "CA certificate for etcd TLS"),
+    ("username", "username", str, "ETCD_USERNAME", "etcd user"),
+    ("password", "password", str, "ETCD_PASSWORD", "etcd password"),
+    ("ttl", "ttl", int, None, "default record TTL"),
+    ("min-ttl", "min_ttl", int, None, "TTL of the SOA in negative answers"),
+    ("priority", "priority", int, None, "default SRV priority / MX preference"),
+    ("healthz-port", "healthz_port", int, "SKYDNS_HEALTHZ_PORT",
+     "HTTP port for /healthz (0: off)"),
+    ("healthz-addr", "healthz_addr", str, None, "address for the /healthz listener"),
+    ("healthz-query", "healthz_query", str, "SKYDNS_HEALTHZ_QUERY",
+     "name that /healthz resolves through the server itself (A query)"),
+    ("workers", "workers", int, "SKYDNS_WORKERS",
+     "processes sharing the DNS port with SO_REUSEPORT"),
+]
+_BOOL_TYPES = (parse_bool,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skydns",
+        description="DNS server for the SkyDNS records in etcd (flags in SkyDNS's Go style: "
+                    "-flag=value, -flag value, or --flag=value)",
+        allow_abbrev=False)
+    for flag, attr, typ, env, helptext in _FLAGS:
+        kwargs = {"dest": attr, "default": argparse.SUPPRESS, "help": helptext}
+        if env:
+            kwargs["help"] += f" [${env}]"
+        if typ in _BOOL_TYPES:
+            kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+        else:
+            kwargs.update(type=typ, metavar=attr.upper())
+        parser.add_argument("-" + flag, "--" + flag, **kwargs)
+    return parser
+
+
+def from_args(argv=None, environ=None) -> Config:
+    """Config from defaults, then environment variables, then flags."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for _, attr, typ, env, _ in _FLAGS:
+        if env and environ.get(env):
+            try:
+                values[attr] = typ(environ[env])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise ConfigError(f"${env}: {exc}") from None
+    for env, attr in (("PROMETHEUS_PORT", "prometheus_port"),
+                      ("PROMETHEUS_PATH", "prometheus_path")):
+        if environ.get(env):
+            try:
+                values[attr] = int(environ[env]) if attr == "prometheus_port" else environ[env]
+            except ValueError:
+                raise ConfigError(f"${env} must be a port number") from None
+    args = build_parser().parse_args(argv)
+    values.update(vars(args))
+    if not values.get("nameservers"):
+        values["nameservers"] = resolv_conf_nameservers()
+    if "hostmaster" not in values and "domain" in values:
+        pass  # SkyDNS kept hostmaster@skydns.local. as the default whatever the domain
+    return Config(**values)
+
+
+# Keys of /skydns/config and the attributes they set.
+_ETCD_KEYS = {
+    "dns_addr": ("addr", str), "domain": ("domain", str), "local": ("local", str),
+    "hostmaster": ("hostmaster", str), "dnssec": ("dnssec", str),
+    "round_robin": ("round_robin", parse_bool), "ns_rotate": ("ns_rotate", parse_bool),
+    "nameservers": ("nameservers", list), "no_rec": ("no_rec", parse_bool),
+    "read_timeout": ("rtimeout", None), "priority": ("priority", int), "ttl": ("ttl", int),
+    "min_ttl": ("min_ttl", int), "scache": ("scache", int), "rcache": ("rcache", int),
+    "rcache_ttl": ("rcache_ttl", int), "ndot": ("ndots", int),
+}
+
+
+def apply_etcd_config(base: Config, value: bytes | str) -> Config:
+    """A new Config: ``base`` overridden by the JSON object stored at /skydns/config.
+
+    ``read_timeout`` is a Go duration: nanoseconds as a number, or a string like ``2s``.
+    Raises ConfigError (and changes nothing) when the object is unusable.
+    """
+    try:
+        obj = json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(f"/config is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError("/config is not a JSON object")
+    changes = {}
+    for key, val in obj.items():
+        if key not in _ETCD_KEYS:
+            continue
+        attr, typ = _ETCD_KEYS[key]
+        try:
+            if attr == "rtimeout":
+                val = val / 1e9 if isinstance(val, (int, float)) else parse_duration(val)
+            elif typ is list:
+                if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
+                    raise ValueError("want a list of host:port strings")
+            elif typ is int:
+                if isinstance(val, bool) or not isinstance(val, int):
+                    raise ValueError("want an integer")
+            elif typ is str:
+                if not isinstance(val, str):
+                    raise ValueError("want a string")
+            else:
+                val = typ(val)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"/config key {key}: {exc}") from None
+        changes[attr] = val
+    try:
+        return dataclasses.replace(base, **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"/config: {exc}") from None
+
+
+def hostname() -> str:
+    return socket.gethostname()

