@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -169,7 +168,6 @@ def main(argv=None):
             except subprocess.TimeoutExpired:
                 child.kill()
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
     reactor.run()
     return 0
 
