@@ -1,0 +1,208 @@
+"""Fast unit tests of pure pieces: flags, the store trie, the wire cache, metrics."""
+
+from __future__ import annotations
+
+import dns.message
+import dns.rcode
+import pytest
+
+from skydns import config as cfg
+from skydns.metrics import Metrics
+from skydns.store import RecordStore
+from skydns.wire import WireCache, formerr, question_end, render
+
+
+# -- flags -----------------------------------------------------------------------------
+
+def test_pod_manifest_arguments_parse_unchanged():
+    c = cfg.from_args(["-machines=http://127.0.0.1:4001", "-addr=0.0.0.0:53",
+                       "-ns-rotate=false", "-domain=cluster.local."], environ={})
+    assert c.machines == ["http://127.0.0.1:4001"]
+    assert c.listen == ("0.0.0.0", 53)
+    assert c.ns_rotate is False
+    assert c.domain == "cluster.local."
+
+
+@pytest.mark.parametrize("argv, attr, value", [
+    (["-no-rec"], "no_rec", True),
+    (["-no-rec=true"], "no_rec", True),
+    (["--round-robin=0"], "round_robin", False),
+    (["-rtimeout", "500ms"], "rtimeout", 0.5),
+    (["-rtimeout=1m30s"], "rtimeout", 90.0),
+    (["-domain", "Example.ORG"], "domain", "example.org."),
+    (["-nameservers=8.8.8.8,[2001:db8::1]:5353"], "nameservers",
+     ["8.8.8.8:53", "[2001:db8::1]:5353"]),
+])
+def test_flag_spellings(argv, attr, value):
+    assert getattr(cfg.from_args(argv, environ={}), attr) == value
+
+
+def test_environment_then_flags():
+    env = {"SKYDNS_DOMAIN": "env.local", "ETCD_MACHINES": "http://a:1,http://b:2",
+           "SKYDNS_NDOTS": "3"}
+    c = cfg.from_args([], environ=env)
+    assert (c.domain, c.machines, c.ndots) == ("env.local.", ["http://a:1", "http://b:2"], 3)
+    assert cfg.from_args(["-domain=flag.local"], environ=env).domain == "flag.local."
+
+
+@pytest.mark.parametrize("argv", [["-ndots=-1"], ["-addr=nohost:99999"], ["-rtimeout=soon"],
+                                  ["-no-rec=maybe"], ["-workers=0"]])
+def test_bad_flags_are_refused(argv):
+    with pytest.raises((cfg.ConfigError, SystemExit)):
+        cfg.from_args(argv, environ={})
+
+
+def test_etcd_config_overrides_and_validates():
+    base = cfg.Config(nameservers=["127.0.0.1:53"])
+    new = cfg.apply_etcd_config(base, b'{"domain":"x.local","ttl":5,"ndot":1,'
+                                      b'"read_timeout":1500000000,"unknown":1}')
+    assert (new.domain, new.ttl, new.ndots, new.rtimeout) == ("x.local.", 5, 1, 1.5)
+    for bad in (b"nope", b"[]", b'{"ttl":"5"}', b'{"nameservers":"a"}', b'{"domain":"a..b"}'):
+        with pytest.raises(cfg.ConfigError):
+            cfg.apply_etcd_config(base, bad)
+
+
+def test_hostmaster_becomes_a_name():
+    assert cfg.Config().hostmaster_name.to_text() == "hostmaster.skydns.local."
+
+
+# -- store -------------------------------------------------------------------------------
+
+def loaded_store(records):
+    store = RecordStore()
+    store.replace_all([(k, v, 0) for k, v in records.items()], revision=1)
+    return store
+
+
+def test_label_boundaries_and_subtree():
+    store = loaded_store({
+        "/skydns/local/skydns/dom": '{"host":"10.0.0.1"}',
+        "/skydns/local/skydns/dom/a": '{"host":"10.0.0.2"}',
+        "/skydns/local/skydns/dom1/b": '{"host":"10.0.0.3"}',
+    })
+    node = store.node(("local", "skydns", "dom"))
+    hosts = [r.host for _, r in store.subtree(node)]
+    assert hosts == ["10.0.0.1", "10.0.0.2"]
+    assert store.node(("local", "skydns", "do")) is None
+
+
+def test_wildcard_match_and_underscore_skip():
+    store = loaded_store({
+        "/skydns/local/skydns/a/x": '{"host":"10.0.0.1"}',
+        "/skydns/local/skydns/b/x": '{"host":"10.0.0.2"}',
+        "/skydns/local/skydns/b/_tcp/_http/x": '{"host":"b.skydns.local","port":80}',
+    })
+    nodes = store.match(("local", "skydns", "*", "x"))
+    assert sorted(n.record.host for n in nodes) == ["10.0.0.1", "10.0.0.2"]
+    b = store.node(("local", "skydns", "b"))
+    assert len(store.subtree(b)) == 2
+    assert len(store.subtree(b, skip_underscore=True)) == 1
+
+
+def test_bad_value_is_skipped_counted_and_replaced():
+    store = loaded_store({"/skydns/local/skydns/a/bad": "{not json",
+                          "/skydns/local/skydns/a/good": '{"host":"10.0.0.1"}'})
+    assert store.count == 1 and list(store.bad) == ["/skydns/local/skydns/a/bad"]
+    store.apply_events([("put", "/skydns/local/skydns/a/bad", b'{"host":"10.0.0.2"}', 0)], 2)
+    assert store.count == 2 and not store.bad
+
+
+def test_delete_prunes_and_notifies():
+    store = loaded_store({"/skydns/local/skydns/a/b/c": '{"host":"10.0.0.1"}'})
+    changed = []
+    store.change_listeners.append(changed.append)
+    store.apply_events([("delete", "/skydns/local/skydns/a/b/c", None, 0)], 2)
+    assert store.node(("local", "skydns", "a")) is None
+    assert changed == [("local", "skydns", "a", "b", "c")]
+    assert store.revision == 2
+
+
+def test_config_key_is_not_a_record():
+    seen = []
+    store = RecordStore()
+    store.config_listeners.append(seen.append)
+    store.replace_all([("/skydns/config", b'{"ttl":5}', 0)], 1)
+    assert store.count == 0 and seen == [b'{"ttl":5}']
+
+
+# -- wire ----------------------------------------------------------------------------------
+
+def query_wire(name, rdtype="A", **kw):
+    return dns.message.make_query(name, rdtype, **kw).to_wire()
+
+
+def test_question_end_and_formerr():
+    wire = query_wire("a.b.")
+    assert question_end(wire) == len(wire)
+    assert question_end(wire[:-1]) == -1
+    bad = formerr(wire[:2] + b"\x01\x00" + b"\x00" * 8)
+    assert bad[:2] == wire[:2] and bad[3] & 0x0F == dns.rcode.FORMERR and bad[2] & 0x80
+    assert formerr(b"\x00" * 5) is None
+    assert formerr(wire[:2] + b"\x80\x00" + b"\x00" * 8) is None  # a response: no answer
+
+
+def cached_reply(cache, query):
+    request = dns.message.from_wire(query)
+    response = dns.message.make_response(request)
+    response.answer.append(dns.rrset.from_text(request.question[0].name, 30, "IN", "A",
+                                               "10.0.0.1"))
+    return response.to_wire()
+
+
+def test_wire_cache_keeps_client_case_and_id():
+    cache = WireCache()
+    first = query_wire("web.ns.svc.cluster.local.")
+    cache.insert(first, [cached_reply(cache, first)], [("local", "cluster", "svc", "ns", "web")],
+                 [0, 0])
+    second = dns.message.make_query("WEB.ns.SVC.cluster.local.", "A")
+    reply = dns.message.from_wire(cache.answer(second.to_wire()))
+    assert reply.id == second.id
+    assert reply.answer[0].name.to_text() == "WEB.ns.SVC.cluster.local."
+    assert reply.answer[0][0].address == "10.0.0.1"
+
+
+def test_wire_cache_invalidates_ancestors_only():
+    cache = WireCache()
+    for name, labels in (("web.ns.svc.cluster.local.", ("local", "cluster", "svc", "ns", "web")),
+                         ("db.ns.svc.cluster.local.", ("local", "cluster", "svc", "ns", "db"))):
+        q = query_wire(name)
+        cache.insert(q, [cached_reply(cache, q)], [labels], [0, 0])
+    cache.invalidate(("local", "cluster", "svc", "ns", "web", "leaf"))
+    assert cache.answer(query_wire("web.ns.svc.cluster.local.")) is None
+    assert cache.answer(query_wire("db.ns.svc.cluster.local.")) is not None
+
+
+def test_wire_cache_is_bounded():
+    cache = WireCache(max_entries=3)
+    for i in range(10):
+        q = query_wire(f"n{i}.x.")
+        cache.insert(q, [cached_reply(cache, q)], [("x", f"n{i}")], [0, 0])
+    assert len(cache) == 3
+
+
+def test_render_truncates_udp_and_servfails_tcp():
+    request = dns.message.make_query("big.x.", "A")
+    response = dns.message.make_response(request)
+    response.answer.append(dns.rrset.from_text_list(
+        "big.x.", 30, "IN", "A", [f"10.0.{i // 250}.{i % 250}" for i in range(100)]))
+    udp = dns.message.from_wire(render(response, 512, tcp=False))
+    assert udp.flags & dns.flags.TC and len(udp.to_wire()) <= 512
+    full = dns.message.from_wire(render(response, 65535, tcp=True))
+    assert len(full.answer[0]) == 100
+    assert render(response, 512, tcp=True)[3] & 0x0F == dns.rcode.SERVFAIL
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+def test_metrics_merge_fast_path_counts():
+    from prometheus_client import generate_latest
+    m = Metrics()
+    m.observe("auth", 0.001, 100)
+    slot = m.slot("auth", 80)
+    slot[0] += 5
+    slot[1] += 400
+    m.error("nxdomain")
+    text = generate_latest(m.registry()).decode()
+    assert 'skydns_dns_request_count_total{system="auth"} 6.0' in text
+    assert 'skydns_dns_error_count_total{cause="nxdomain"} 1.0' in text
+    assert 'skydns_dns_response_size_bytes_sum{system="auth"} 500.0' in text
