@@ -248,6 +248,7 @@ class DnssecSigner:
         self._cache: OrderedDict[bytes, dns.rdata.Rdata] = OrderedDict()
         self._cache_size = max(0, sig_cache_size)
         self._lock = threading.Lock()
+        self.cache_misses = 0  # signatures computed (for skydns_dns_cachemiss_count)
 
     def dnskey_rrset(self) -> dns.rrset.RRset:
         """The DNSKEY RRset at the apex (a copy, so callers may put it in a message)."""
@@ -283,6 +284,7 @@ class DnssecSigner:
             if sig is not None and sig.inception <= now and sig.expiration - now > _SIG_REFRESH:
                 self._cache.move_to_end(key)
                 return sig
+        self.cache_misses += 1
         inception = int(now) - _INCEPTION_SKEW
         sig = dns.dnssec.sign(rrset, self._signing_key, self.zone, self.dnskey,
                               inception=inception, expiration=int(now) + _SIG_LIFETIME)

@@ -41,6 +41,9 @@ class App:
             from .dnssec import DnssecSigner
             self.signer = DnssecSigner(config.dnssec, config.domain, config.scache,
                                        dnskey_ttl=config.ttl)
+            self.metrics.signature_misses = lambda: self.signer.cache_misses
+            log.info("DNSSEC: signing %s with key tag %d; DS for the parent: %s",
+                     config.domain, self.signer.key_tag, self.signer.ds().to_text())
         self.resolver = Resolver(config, self.store, self.authority, self.forwarder,
                                  self.metrics, self.signer)
         self.handler = QueryHandler(self.resolver, self.cache, self.metrics, config)

@@ -54,6 +54,7 @@ class Metrics:
         # Fast-path slots: [count, bytes] per (system, size); the hot path adds to them.
         self.fast_slots = {}
         self.gauges = {}  # name -> (help, callable returning a number)
+        self.signature_misses = None  # callable, set when DNSSEC is on
 
     def slot(self, system: str, size: int) -> list:
         """The counter pair that a prebuilt answer of this size and system adds to."""
@@ -118,6 +119,8 @@ class Metrics:
         yield errors
         misses = CounterMetricFamily("skydns_dns_cachemiss_count", "Cache misses by cache",
                                      labels=["cache"])
+        if self.signature_misses is not None:
+            self.cache_misses["signature"] = self.signature_misses()
         for cache in ("response", "signature", "wire"):
             misses.add_metric([cache], self.cache_misses[cache])
         yield misses

@@ -16,7 +16,10 @@ import time
 
 import dns.exception
 import dns.message
+import dns.rcode
+import dns.rdatatype
 from twisted.internet import defer, protocol
+from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -70,13 +73,12 @@ class QueryHandler:
         return response.to_wire()
 
     def _finish(self, reply, request, data, tcp, started):
-        if not hasattr(reply, "system"):  # a Failure
-            log.error("failed to answer %s: %s", request.question[0].name,
-                      reply.getTraceback() if hasattr(reply, "getTraceback") else reply)
+        if reply is None:
+            return None  # deliberately unanswered (a stub-forwarding loop)
+        if isinstance(reply, Failure):
+            log.error("failed to answer %s: %s", request.question, reply.getTraceback())
             self.metrics.error("internal")
             return self._servfail(request)
-        if reply is None:
-            return None
         if reply.wire is not None:
             out = reply.wire
         else:
