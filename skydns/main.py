@@ -65,16 +65,20 @@ class App:
         m.gauge("skydns_etcd_revision", "Last etcd revision applied", lambda: self.store.revision)
         m.gauge("skydns_wire_cache_entries", "Prebuilt answers", lambda: len(self.cache))
 
-    def start(self, reuse_port=False):
+    def start(self, reuse_port=False, tcp=True):
+        """Bind and serve. Extra workers (``tcp=False``) share only the UDP port; TCP stays
+        with the first process, which is enough for truncated-answer retries."""
         host, port = self.config.listen
         sock = bind_udp(host, port, reuse_port)
         self.udp = UDPServer(self.reactor, sock, self.handler, self.cache, self.metrics)
         self.udp.start()
-        self.tcp = self.reactor.listenTCP(sock.getsockname()[1],
-                                          DNSTCPFactory(self.handler, self.cache),
-                                          interface=host, backlog=128)
-        log.info("skydns %s serving %s on %s:%d (udp, tcp), etcd %s", __version__,
-                 self.config.domain, host, sock.getsockname()[1], ",".join(self.config.machines))
+        if tcp:
+            self.tcp = self.reactor.listenTCP(sock.getsockname()[1],
+                                              DNSTCPFactory(self.handler, self.cache),
+                                              interface=host, backlog=128)
+        log.info("skydns %s serving %s on %s:%d (%s), etcd %s", __version__,
+                 self.config.domain, host, sock.getsockname()[1],
+                 "udp, tcp" if tcp else "udp worker", ",".join(self.config.machines))
         self.http = listen(self.reactor, self.config, self.health, self.metrics)
         self.sync.start()
         self._schedule_hourly()
@@ -154,8 +158,8 @@ def main(argv=None):
     try:
         app = App(reactor, config, flags_config)
         app._config_value = value
-        reuse = config.workers > 1 or os.environ.get("SKYDNS_REUSEPORT") == "1"
-        app.start(reuse_port=reuse)
+        worker = os.environ.get("SKYDNS_REUSEPORT") == "1"
+        app.start(reuse_port=worker or config.workers > 1, tcp=not worker)
     except Exception as exc:  # bind errors, bad key files: say what and exit
         print(f"skydns: cannot start: {exc}", file=sys.stderr)
         return 1

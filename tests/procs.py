@@ -64,6 +64,18 @@ def wait_for(predicate, timeout=15.0, interval=0.05, what="condition"):
     raise TimeoutError(f"timed out waiting for {what} (last error: {last!r})")
 
 
+def stop_process(proc, timeout=10.0):
+    """SIGTERM a child by PID, then SIGKILL if it has not exited within ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Etcd:
     """A real etcd on loopback ports with a temporary data dir."""
 
@@ -100,13 +112,7 @@ class Etcd:
         return etcd3.MultiEndpointEtcd3Client([endpoint], timeout=5, failover=True)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def close(self):
@@ -173,13 +179,7 @@ class Skydns:
             return fh.read()
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def close(self):
