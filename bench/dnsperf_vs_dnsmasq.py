@@ -133,6 +133,35 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def parse_cpulist(spec: str) -> set[int]:
+    """``"0"``, ``"0-2,5"`` -> {0, 1, 2, 5}; empty means no pinning (empty set)."""
+    cpus: set[int] = set()
+    for part in filter(None, spec.replace(" ", "").split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def core_ticks(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) jiffies of the given CPUs from /proc/stat; busy includes the
+    interrupt and softirq time that no process is charged for (loopback delivery)."""
+    busy = total = 0
+    if not cpus:
+        return 0, 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *vals = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in vals[:8]]   # user nice system idle iowait irq softirq steal
+            total += sum(v)
+            busy += sum(v) - v[3] - v[4]
+    return busy, total
+
+
+def busy_pct(t0: tuple[int, int], t1: tuple[int, int]) -> float | None:
+    dt = t1[1] - t0[1]
+    return 100.0 * (t1[0] - t0[0]) / dt if dt > 0 else None
+
+
 def vm_rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -380,6 +409,8 @@ def run_dnsperf(args, port: int, qfile: Path, seconds: float, server: Proc) -> d
     tree = server.tree()
     cpu0 = cpu_seconds(tree)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    srv_cores, cli_cores = parse_cpulist(args.server_cpus), parse_cpulist(args.client_cpus)
+    st0, ct0 = core_ticks(srv_cores), core_ticks(cli_cores)
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)
@@ -391,6 +422,7 @@ def run_dnsperf(args, port: int, qfile: Path, seconds: float, server: Proc) -> d
             p.wait(timeout=10)
     wall = time.monotonic() - t0
     cpu1 = cpu_seconds(tree)
+    st1, ct1 = core_ticks(srv_cores), core_ticks(cli_cores)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)   # dnsperf (taskset execs it)
     client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     text = out.decode(errors="replace")
@@ -399,6 +431,9 @@ def run_dnsperf(args, port: int, qfile: Path, seconds: float, server: Proc) -> d
     res = parse_dnsperf(text)
     res["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / wall if wall > 0 else 0.0
     res["dnsperf_cpu_pct"] = 100.0 * client_cpu / wall if wall > 0 else 0.0
+    # Whole-core busy time (None when not pinned): with softirq, unlike the figures above.
+    res["server_core_busy_pct"] = busy_pct(st0, st1)
+    res["client_core_busy_pct"] = busy_pct(ct0, ct1)
     return res
 
 
@@ -407,7 +442,12 @@ def run_dnsperf(args, port: int, qfile: Path, seconds: float, server: Proc) -> d
 def fmt_run(label: str, r: dict) -> str:
     return (f"{label:<11} {r['qps']:>10.0f} {r['avg_latency_s'] * 1000:>10.3f} "
             f"{r['lost_pct']:>7.2f} {r.get('noerror_pct', 0):>8.2f} "
-            f"{r.get('server_cpu_pct', 0):>8.0f} {r.get('dnsperf_cpu_pct', 0):>9.0f}")
+            f"{r.get('server_cpu_pct', 0):>8.0f} {_pct(r.get('server_core_busy_pct')):>9} "
+            f"{r.get('dnsperf_cpu_pct', 0):>9.0f} {_pct(r.get('client_core_busy_pct')):>10}")
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.0f}"
 
 
 def main(argv=None) -> int:
@@ -540,7 +580,7 @@ def main(argv=None) -> int:
               f"{f' -Q {args.max_qps}' if args.max_qps else ''})")
         print()
         print(f"{'run':<11} {'qps':>10} {'avg ms':>10} {'lost %':>7} {'NOERROR%':>8} "
-              f"{'srv cpu%':>8} {'perf cpu%':>9}")
+              f"{'srv cpu%':>8} {'srv core%':>9} {'perf cpu%':>9} {'perf core%':>10}")
         for run in range(args.runs):
             for s in servers:
                 print(fmt_run(f"{s}#{run + 1}", results[s][run]))
@@ -551,6 +591,9 @@ def main(argv=None) -> int:
             med[s] = {k: statistics.median(r[k] for r in rs)
                       for k in ("qps", "avg_latency_s", "lost_pct", "server_cpu_pct",
                                 "dnsperf_cpu_pct", "noerror_pct")}
+            for k in ("server_core_busy_pct", "client_core_busy_pct"):
+                vals = [r[k] for r in rs if r[k] is not None]
+                med[s][k] = statistics.median(vals) if vals else None
             print(fmt_run(f"{s} med", med[s]))
         print()
         ratio = ratio_cpu = None
@@ -563,9 +606,12 @@ def main(argv=None) -> int:
                 ratio_cpu = per_cpu["skydns"] / per_cpu["dnsmasq"]
                 print(f"queries per server CPU-second: skydns {per_cpu['skydns']:.0f}, "
                       f"dnsmasq {per_cpu['dnsmasq']:.0f}: ratio {ratio_cpu:.2f} of dnsmasq")
-            if med["dnsmasq"]["server_cpu_pct"] < 90:
-                print("note: dnsmasq used < 90% of its core, so dnsperf (not dnsmasq) set "
-                      "its qps; the qps ratio flatters skydns, the per-CPU one is fairer")
+            idle = [s for s in servers
+                    if (med[s]["server_core_busy_pct"] or 100) < 90]
+            if idle:
+                print(f"note: the server core was < 90% busy during the {' and '.join(idle)}"
+                      f" runs: dnsperf, not the server, set the pace there, so the "
+                      f"per-CPU ratio is the fairer figure")
         for s in servers:
             print(f"{s} VmRSS after the runs: {rss[s]['vmrss_kib'] / 1024:.1f} MiB "
                   f"(pid {rss[s]['pid']}, {rss[s]['processes']} process"
