@@ -9,6 +9,7 @@ this module produced before.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 
 import dns.edns
@@ -23,6 +24,7 @@ import dns.rrset
 from twisted.internet import defer
 
 from . import __version__
+from . import wire as wirefmt
 from .authority import Result, labels_of
 from .forward import ForwardError
 from .rcache import ResponseCache
@@ -204,6 +206,10 @@ class Resolver:
         response.answer = Result.rrsets(result.answer)
         response.authority = Result.rrsets(result.authority)
         response.additional = Result.rrsets(result.additional)
+        if self.config.round_robin and not result.cacheable:
+            # Cached answers rotate in the wire cache; these are built anew each time.
+            count = wirefmt.variant_count(response, True)
+            response.answer = list(wirefmt.rotations(response, count))[random.randrange(count)]
         if result.rcode == dns.rcode.NXDOMAIN:
             self.metrics.error("nxdomain")
         elif not result.answer and result.rcode == dns.rcode.NOERROR:
