@@ -62,6 +62,10 @@ class Result:
         sets = {}
         for owner, rdtype, ttl, rdata in records:
             key = (owner.canonicalize(), rdtype)
+            if rdtype == T.CNAME:
+                # SkyDNS answers one CNAME per name host, even several at one owner;
+                # dnspython treats CNAME as a singleton, so each gets its own RRset.
+                key += (rdata,)
             rrset = sets.get(key)
             if rrset is None:
                 rrset = sets[key] = dns.rrset.RRset(owner, IN, rdtype)
@@ -293,14 +297,13 @@ class Authority:
         records = self.records(labels, result, srv=True)
         if records is None:
             raise NameNotFound()
+        records = [r for r in records if r.ip is not None or r.target is not None]
         totals = self.weights(records)
         out = []
         looked_up = set()
         for record in records:
-            if record.ip is None and record.target is None:
-                continue
             priority = record.priority or self.config.priority
-            weight = int(100.0 / totals[priority] * (record.weight or 100))
+            weight = 100 * (record.weight or 100) // totals[priority]
             ttl = self.ttl(record, result)
             if record.ip is not None:
                 target = strip_labels(key_to_name(record.key, self.config.path_prefix),

@@ -152,7 +152,8 @@ class Forwarder:
         if reply.flags & dns.flags.TC:
             wire = yield self.forward(query.to_wire(), tcp=True, rotate_key=query.id)
             reply = dns.message.from_wire(wire)
-        if reply.rcode() != dns.rcode.NOERROR:
+        if reply.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            # NXDOMAIN is an answer (no records): SkyDNS then kept the bare CNAME.
             raise ForwardError(f"upstream answered {dns.rcode.to_text(reply.rcode())}")
         return [(rrset.name, rrset.rdtype, rrset.ttl, rdata)
                 for rrset in reply.answer for rdata in rrset]

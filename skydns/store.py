@@ -95,10 +95,10 @@ class RecordStore:
             record = parse_record(key, value, lease)
         except RecordError as exc:
             reason = str(exc)
+            previous = self.bad.get(key, quiet)
             self._delete(key)
-            if self.bad.get(key) != reason and quiet != reason:
+            if previous != reason:  # log a key once per distinct problem, not per write
                 log.warning("skipping record %s: %s", key, reason)
-            if key not in self.bad:
                 self.bad_total += 1
             self.bad[key] = reason
             return
