@@ -53,6 +53,12 @@ class _UDPExchange(protocol.DatagramProtocol):
         if not self.deferred.called:
             self.deferred.errback(ForwardError(f"{self.host}:{self.port} refused"))
 
+    def stopProtocol(self):
+        # With epoll an ICMP "port unreachable" arrives as an error event that closes the
+        # port instead of calling connectionRefused: fail over now, not after rtimeout.
+        if not self.deferred.called:
+            self.deferred.errback(ForwardError(f"{self.host}:{self.port} refused"))
+
 
 class _TCPExchange(Int16StringReceiver):
     def connectionMade(self):
@@ -90,7 +96,8 @@ def exchange(reactor, wire: bytes, host: str, port: int, tcp: bool, timeout: flo
     else:
         proto = _UDPExchange(wire, host, port)
         try:
-            udp_port = reactor.listenUDP(0, proto, interface="::" if ":" in host else "")
+            udp_port = reactor.listenUDP(0, proto, interface="::" if ":" in host else "",
+                                         maxPacketSize=65535)
         except error.CannotListenError as exc:
             return defer.fail(ForwardError(str(exc)))
         d = proto.deferred

@@ -19,8 +19,9 @@ class ResponseCache:
         self.entries = collections.OrderedDict()
 
     @staticmethod
-    def key(qname, qtype, qclass, dnssec_ok: bool, tcp: bool):
-        return (qname.to_text().lower(), qtype, qclass, dnssec_ok, tcp)
+    def key(qname, qtype, qclass, dnssec_ok: bool, transport):
+        """``transport`` is "tcp" or, for UDP, what limits the reply (EDNS version, size)."""
+        return (qname.to_text().lower(), qtype, qclass, dnssec_ok, transport)
 
     def get(self, key) -> bytes | None:
         """The cached reply (wire, any ID) or None when absent or expired."""

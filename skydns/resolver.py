@@ -227,8 +227,11 @@ class Resolver:
             response.set_rcode(dns.rcode.SERVFAIL)
             self.metrics.error("norec")
             return Reply(response, system=system)
+        # The reply was shaped by the client's EDNS (OPT present, UDP size), so that is
+        # part of the key: a reply fetched for a 4096-byte client never goes to a 512 one.
         key = ResponseCache.key(qname, request.question[0].rdtype, request.question[0].rdclass,
-                                bool(request.ednsflags & dns.flags.DO), tcp)
+                                bool(request.ednsflags & dns.flags.DO),
+                                "tcp" if tcp else (request.edns, wirefmt.udp_limit(request)))
         cached = self.rcache.get(key)
         if cached is not None:
             return Reply(wire=wire[:2] + cached[2:], system="cache")

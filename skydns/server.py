@@ -70,7 +70,7 @@ class QueryHandler:
     def _servfail(self, request):
         response = dns.message.make_response(request)
         response.set_rcode(dns.rcode.SERVFAIL)
-        return response.to_wire()
+        return wirefmt.to_wire(response)
 
     def _finish(self, reply, request, data, tcp, started):
         if reply is None:
@@ -105,7 +105,7 @@ class QueryHandler:
             responses = []
             for answer in wirefmt.rotations(message, count):
                 message.answer = answer
-                responses.append(message.to_wire())
+                responses.append(wirefmt.to_wire(message))
             message.answer = original
             if any(len(r) > wirefmt.CACHEABLE_SIZE for r in responses):
                 return

@@ -50,24 +50,59 @@ def udp_limit(request: dns.message.Message) -> int:
     return max(512, min(request.payload, 65535))
 
 
+def to_wire(message: dns.message.Message, limit: int = 65535) -> bytes:
+    """Render in the order we built (dnspython shuffles RRsets unless told not to; our
+    round robin is deliberate, see ``rotations``)."""
+    return message.to_wire(max_size=limit, want_shuffle=False)
+
+
 def render(response: dns.message.Message, limit: int, tcp: bool) -> bytes:
     """Render within ``limit``: drop the additional section first; then over UDP cut the
-    answer and set TC, and over TCP give SERVFAIL rather than a partial answer."""
+    answer to the records that fit and set TC, and over TCP give SERVFAIL rather than a
+    partial answer."""
     try:
-        return response.to_wire(max_size=limit)
+        return to_wire(response, limit)
     except dns.exception.TooBig:
         pass
     response.additional = []
     try:
-        return response.to_wire(max_size=limit)
+        return to_wire(response, limit)
     except dns.exception.TooBig:
         pass
     if tcp:
         response.answer = []
         response.authority = []
         response.set_rcode(dns.rcode.SERVFAIL)
-        return response.to_wire(max_size=limit)
-    return response.to_wire(max_size=limit, prefer_truncation=True)
+        return to_wire(response, limit)
+    return _truncate(response, limit)
+
+
+def _truncate(response, limit):
+    """The longest prefix of the answer records that fits, with TC set (SkyDNS's Fit)."""
+    records = [(rrset, rdata) for rrset in response.answer for rdata in rrset]
+    response.authority = []
+    response.flags |= dns.flags.TC
+
+    def with_first(count):
+        sets = []
+        for rrset, rdata in records[:count]:
+            if not sets or sets[-1][0] is not rrset:
+                sets.append((rrset, rrset.copy()))
+                sets[-1][1].clear()
+            sets[-1][1].add(rdata)
+        response.answer = [copy for _, copy in sets]
+        return to_wire(response, limit)
+
+    low, high, best = 0, len(records), None
+    while low <= high:
+        middle = (low + high) // 2
+        try:
+            wire = with_first(middle)
+        except dns.exception.TooBig:
+            high = middle - 1
+            continue
+        best, low = wire, middle + 1
+    return best if best is not None else with_first(0)
 
 
 def rotations(response: dns.message.Message, count: int):
@@ -81,8 +116,7 @@ def rotations(response: dns.message.Message, count: int):
                 new = rrset.copy()
                 new.clear()
                 for rdata in items[k:] + items[:k]:
-                    new.add(rdata)
-                new.ttl = rrset.ttl
+                    new.add(rdata, rrset.ttl)
                 rotated.append(new)
             else:
                 rotated.append(rrset)

@@ -180,16 +180,23 @@ def test_wire_cache_is_bounded():
     assert len(cache) == 3
 
 
-def test_render_truncates_udp_and_servfails_tcp():
+def big_response():
     request = dns.message.make_query("big.x.", "A")
     response = dns.message.make_response(request)
     response.answer.append(dns.rrset.from_text_list(
         "big.x.", 30, "IN", "A", [f"10.0.{i // 250}.{i % 250}" for i in range(100)]))
-    udp = dns.message.from_wire(render(response, 512, tcp=False))
-    assert udp.flags & dns.flags.TC and len(udp.to_wire()) <= 512
-    full = dns.message.from_wire(render(response, 65535, tcp=True))
-    assert len(full.answer[0]) == 100
-    assert render(response, 512, tcp=True)[3] & 0x0F == dns.rcode.SERVFAIL
+    return response
+
+
+def test_render_truncates_udp_and_servfails_tcp():
+    wire = render(big_response(), 512, tcp=False)
+    udp = dns.message.from_wire(wire)
+    assert udp.flags & dns.flags.TC and len(wire) <= 512
+    assert 20 < len(udp.answer[0]) < 100  # cut to what fits, not dropped whole
+    assert len(render(big_response(), 512 + 16, tcp=False)) > len(wire)
+    full = dns.message.from_wire(render(big_response(), 65535, tcp=True))
+    assert len(full.answer[0]) == 100 and not full.flags & dns.flags.TC
+    assert render(big_response(), 512, tcp=True)[3] & 0x0F == dns.rcode.SERVFAIL
 
 
 # -- metrics -------------------------------------------------------------------------------
