@@ -107,9 +107,10 @@ def _truncate(response, limit):
 
 def rotations(response: dns.message.Message, count: int):
     """The answer section rotated ``count`` ways (round robin over A/AAAA/SRV rdata)."""
+    answer = list(response.answer)  # callers may swap response.answer while iterating
     for shift in range(count):
         rotated = []
-        for rrset in response.answer:
+        for rrset in answer:
             if rrset.rdtype in ROTATED_TYPES and len(rrset) > 1:
                 items = list(rrset)
                 k = shift % len(items)
