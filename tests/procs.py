@@ -102,8 +102,13 @@ class Etcd:
             "--log-level", "error",
         ], stdout=self.log, stderr=self.log)
         client = self.client(port)
-        wait_for(lambda: client.status() is not None, what="etcd to start")
-        client.close()
+        try:
+            wait_for(lambda: client.status() is not None, what="etcd to start")
+        except Exception:
+            self.stop()  # never leave an etcd behind when start-up fails
+            raise
+        finally:
+            client.close()
         return self
 
     def client(self, port=None):
@@ -149,10 +154,15 @@ class Skydns:
         env = dict(os.environ, **self.env)
         self.proc = subprocess.Popen(self.argv(), stdout=self.logfile, stderr=subprocess.STDOUT,
                                      env=env)
-        wait_for(lambda: self._up(), timeout=20, what="skydns to listen")
-        if wait_loaded:
-            wait_for(lambda: self.healthz()[0] == 200 or "not loaded" not in self.healthz()[1],
-                     timeout=20, what="skydns to load records")
+        try:
+            wait_for(lambda: self._up(), timeout=20, what="skydns to listen")
+            if wait_loaded:
+                wait_for(lambda: self.healthz()[0] == 200
+                         or "not loaded" not in self.healthz()[1],
+                         timeout=20, what="skydns to load records")
+        except Exception:
+            self.stop()
+            raise
         return self
 
     def _up(self):
