@@ -209,37 +209,28 @@ class Upstream:
     """A small authoritative DNS server standing in for the upstream resolvers.
 
     ``zone`` maps (lower-case name, type name) to a list of rdata texts. It records the
-    queries it got, so tests can see what was forwarded (and with which EDNS options).
+    queries it got and their transports ("udp"/"tcp"), so tests can see what was forwarded
+    and how; a UDP answer too big for the client is truncated with TC, as a real server does.
     """
 
-    def __init__(self, zone=None, big=None):
+    def __init__(self, zone=None):
         self.zone = dict(zone or {})
         self.queries = []
+        self.transports = []
         self.port = free_port()
         upstream = self
 
-        def answer(wire, tcp):
-            query = dns.message.from_wire(wire)
-            upstream.queries.append(query)
-            response = dns.message.make_response(query)
-            q = query.question[0]
-            key = (q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype))
-            if key in upstream.zone:
-                response.answer.append(dns.rrset.from_text_list(
-                    q.name, 300, "IN", q.rdtype, upstream.zone[key]))
-            elif not any(n == key[0] for n, _ in upstream.zone):
-                response.set_rcode(dns.rcode.NXDOMAIN)
-            return response.to_wire(max_size=65535 if tcp else max(512, query.payload))
-
         class UDP(socketserver.BaseRequestHandler):
             def handle(self):
+                upstream.transports.append("udp")
                 data, sock = self.request
-                sock.sendto(answer(data, False), self.client_address)
+                sock.sendto(upstream.answer(data, False), self.client_address)
 
         class TCP(socketserver.StreamRequestHandler):
             def handle(self):
+                upstream.transports.append("tcp")
                 length = int.from_bytes(self.rfile.read(2), "big")
-                out = answer(self.rfile.read(length), True)
+                out = upstream.answer(self.rfile.read(length), True)
                 self.wfile.write(len(out).to_bytes(2, "big") + out)
 
         socketserver.UDPServer.allow_reuse_address = True
@@ -250,6 +241,24 @@ class Upstream:
                                          daemon=True) for s in (self.udp, self.tcp)]
         for t in self.threads:
             t.start()
+
+    def answer(self, wire, tcp):
+        query = dns.message.from_wire(wire)
+        self.queries.append(query)
+        response = dns.message.make_response(query)
+        q = query.question[0]
+        key = (q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype))
+        if key in self.zone:
+            response.answer.append(dns.rrset.from_text_list(q.name, 300, "IN", q.rdtype,
+                                                            self.zone[key]))
+        elif not any(n == key[0] for n, _ in self.zone):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        limit = 65535 if tcp else max(512, query.payload if query.edns >= 0 else 512)
+        return response.to_wire(max_size=limit, prefer_truncation=True)
+
+    def reset(self):
+        self.queries.clear()
+        self.transports.clear()
 
     @property
     def address(self):
