@@ -154,8 +154,8 @@ class Authority:
         """The group of the shallowest record that has one decides; ungrouped records stay."""
         chosen, depth = None, None
         for record in records:
-            if record.group and (depth is None or len(record.labels) < depth):
-                chosen, depth = record.group, len(record.labels)
+            if record.group and (depth is None or record.depth < depth):
+                chosen, depth = record.group, record.depth
         if chosen is None:
             return records
         return [r for r in records if not r.group or r.group == chosen]

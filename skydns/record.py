@@ -42,7 +42,7 @@ class Record:
     """
 
     __slots__ = ("key", "host", "port", "priority", "weight", "text", "mail", "ttl",
-                 "targetstrip", "group", "lease", "ip", "family", "target", "labels")
+                 "targetstrip", "group", "lease", "ip", "family", "target", "depth")
 
     def __init__(self, key, host="", port=0, priority=0, weight=0, text="", mail=False,
                  ttl=0, targetstrip=0, group="", lease=0):
@@ -60,7 +60,7 @@ class Record:
         self.ip = None
         self.family = None
         self.target = None
-        self.labels = tuple(key.strip("/").lower().split("/"))
+        self.depth = key.strip("/").count("/")  # how deep the key is: groups compare it
         if host:
             self.ip, self.family, self.target = _classify_host(host)
 

@@ -11,6 +11,7 @@ changed key's labels, so caches of computed answers can drop exactly what depend
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from .record import Record, RecordError, key_labels, parse_record
@@ -107,7 +108,8 @@ class RecordStore:
         for label in labels:
             child = node.children.get(label)
             if child is None:
-                child = node.children[label] = Node()
+                # Interned: "svc", "cluster", namespaces... are shared by many keys.
+                child = node.children[sys.intern(label)] = Node()
             node = child
         if node.record is None:
             self.count += 1
