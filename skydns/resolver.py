@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import time
 
 import dns.edns
 import dns.flags
@@ -38,6 +39,29 @@ REVERSE_ZONES = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.ar
 AUTHORS = "SkyDNS by Miek Gieben and Brian Ketelsen; Python rewrite by the skydns-kube team"
 
 
+class RateLimitedLog:
+    """One line per ``interval`` for a recurring failure, with how many were not logged:
+    an upstream outage is one event for the operator, not one line per query."""
+
+    def __init__(self, logger, interval=10.0, clock=time.monotonic):
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self.next_time = 0.0
+        self.suppressed = 0
+
+    def warn(self, msg, *args):
+        now = self.clock()
+        if now < self.next_time:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            msg += f" (and {self.suppressed} similar failures in the last {self.interval:g}s)"
+        self.logger.warning(msg, *args)
+        self.suppressed = 0
+        self.next_time = now + self.interval
+
+
 class Reply:
     """What the general path decided: a message to render, raw relayed bytes, or nothing."""
 
@@ -61,6 +85,7 @@ class Resolver:
         self.signer = signer
         self.rcache = ResponseCache(config.rcache, config.rcache_ttl)
         self._stubs = None
+        self.failure_log = RateLimitedLog(log)
         store.change_listeners.append(self._store_changed)
         store.reset_listeners.append(self._store_reset)
 
@@ -240,7 +265,7 @@ class Resolver:
         try:
             reply = yield self.forwarder.forward(wire, tcp, rotate_key=request.id)
         except ForwardError as exc:
-            log.info("forwarding %s failed: %s", qname, exc)
+            self.failure_log.warn("forwarding %s failed: %s", qname, exc)
             return self.error(request, dns.rcode.SERVFAIL, "fail", system=system)
         reply = reply[:3] + bytes([reply[3] | 0x80]) + reply[4:]  # relayed with RA set
         if reply[3] & 0x0F in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
@@ -266,7 +291,8 @@ class Resolver:
             reply = yield self.forwarder.forward(marked.to_wire(), tcp, servers=servers,
                                                  rotate_key=request.id)
         except ForwardError as exc:
-            log.info("stub forwarding %s failed: %s", request.question[0].name, exc)
+            self.failure_log.warn("stub forwarding %s failed: %s", request.question[0].name,
+                                  exc)
             return self.error(request, dns.rcode.SERVFAIL, "fail", system="stub")
         return Reply(wire=reply, system="stub")
 

@@ -213,3 +213,18 @@ def test_metrics_merge_fast_path_counts():
     assert 'skydns_dns_request_count_total{system="auth"} 6.0' in text
     assert 'skydns_dns_error_count_total{cause="nxdomain"} 1.0' in text
     assert 'skydns_dns_response_size_bytes_sum{system="auth"} 500.0' in text
+
+
+def test_rate_limited_log_counts_what_it_suppressed(caplog):
+    import logging
+    from skydns.resolver import RateLimitedLog
+    now = [0.0]
+    limited = RateLimitedLog(logging.getLogger("t"), interval=10, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            limited.warn("forwarding %s failed", "x.")
+        now[0] = 11
+        limited.warn("forwarding %s failed", "y.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "forwarding x. failed",
+        "forwarding y. failed (and 4 similar failures in the last 10s)"]
