@@ -56,9 +56,13 @@ def make_client(config, timeout=RPC_TIMEOUT):
     endpoints = [etcd3.Endpoint(host, port, secure=secure, creds=creds if secure else None,
                                 time_retry=0.5, opts=GRPC_OPTIONS)
                  for host, port, secure in machines]
-    return etcd3.MultiEndpointEtcd3Client(
+    client = etcd3.MultiEndpointEtcd3Client(
         endpoints, timeout=timeout, failover=True,
         user=config.username or None, password=config.password or None)
+    # The auth token already travels as request metadata; as gRPC call credentials too,
+    # gRPC would refuse every call on a plain http:// channel.
+    client.call_credentials = None
+    return client
 
 
 def read_config_value(config, timeout=2.0):
@@ -156,9 +160,18 @@ class EtcdSync:
                 need_load = True
                 continue
             except Exception as exc:
-                self._set_state("down", f"{exc.__class__.__name__}: {exc}".rstrip(": "))
+                self._set_state("down", _describe(exc))
+                self._drop_client()  # a new client logs in again (etcd tokens die with it)
             if self._stop.wait(backoff.next()):
                 break
+
+    def _drop_client(self):
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
 
     def _lease_expiry(self, lease_ids):
         """Remaining lifetime of each lease, as monotonic deadlines for the store."""
@@ -217,7 +230,9 @@ class EtcdSync:
                 try:
                     item = events.get(timeout=HEALTH_INTERVAL)
                 except queue.Empty:
-                    self._client.status()  # raises when etcd is gone or hung
+                    # A read, not status(): etcd checks the auth token on reads, so a token
+                    # lost in an etcd restart shows up here instead of a silent dead watch.
+                    self._client.get_response(self.prefix + "config", count_only=True)
                     if time.monotonic() - healthy_since > 10:
                         backoff.reset()
                     continue
@@ -226,7 +241,7 @@ class EtcdSync:
                 if isinstance(item, Exception):
                     if isinstance(item, etcd3.exceptions.RevisionCompactedError):
                         raise item
-                    raise ConnectionError(f"watch ended: {_describe(item)}")
+                    raise ConnectionError(f"watch ended with {_describe(item)}")
                 self._apply(item)
         finally:
             try:
@@ -254,6 +269,9 @@ class EtcdSync:
 
 
 def _describe(exc):
+    """One line for operators: the gRPC status and details, not the multi-line repr."""
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        return f"{exc.code().name} {exc.details() if hasattr(exc, 'details') else ''}".strip()
-    return f"{exc.__class__.__name__} {exc}".strip()
+        details = exc.details() if hasattr(exc, "details") else ""
+        return f"{exc.code().name}: {details}".strip().rstrip(":")
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
