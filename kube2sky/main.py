@@ -1,0 +1,238 @@
+"""The ``kube2sky`` command: flags, Kubernetes client set-up, threads, health endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+from skydns.config import parse_duration
+
+from .controller import Controller
+from .etcdwriter import MARKER_PREFIX, EtcdWriter
+from .records import Layout
+from .reflector import Reflector
+from .state import DesiredState
+
+log = logging.getLogger("kube2sky")
+
+# (name, type, default, help): each accepted as --a-b, -a-b, --a_b and -a_b.
+FLAGS = [
+    ("domain", str, "cluster.local", "domain the records are for"),
+    ("etcd-server", str, "http://127.0.0.1:4001", "etcd URL(s), comma-separated"),
+    ("kube-master-url", str, "", "Kubernetes API URL ($VARS expanded)"),
+    ("kubecfg-file", str, "", "kubeconfig file (else in-cluster, else $KUBECONFIG or "
+                              "~/.kube/config)"),
+    ("etcd-mutation-timeout", parse_duration, 10.0, "timeout of each etcd write"),
+    ("healthz-port", int, 8081, "port for /healthz and /readiness (0: off)"),
+    ("healthz-addr", str, "0.0.0.0", "address for the health endpoints"),
+    ("ttl", int, 30, "TTL of the records written"),
+    ("pod-records", "bool", True, "write a-b-c-d.<ns>.pod.<domain> records"),
+    ("endpoints-source", str, "auto", "auto, endpointslices or endpoints"),
+    ("ca-cert", str, "", "CA certificate for etcd TLS [$ETCD_CACERT]"),
+    ("tls-key", str, "", "etcd client TLS key [$ETCD_TLSKEY]"),
+    ("tls-pem", str, "", "etcd client TLS certificate [$ETCD_TLSPEM]"),
+    ("username", str, "", "etcd user [$ETCD_USERNAME]"),
+    ("password", str, "", "etcd password [$ETCD_PASSWORD]"),
+]
+ENV = {"ca-cert": "ETCD_CACERT", "tls-key": "ETCD_TLSKEY", "tls-pem": "ETCD_TLSPEM",
+       "username": "ETCD_USERNAME", "password": "ETCD_PASSWORD"}
+
+
+def _bool(value):
+    from skydns.config import parse_bool
+    return parse_bool(value)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="kube2sky", allow_abbrev=False,
+        description="Sync Kubernetes Services, Endpoints/EndpointSlices and Pods into "
+                    "SkyDNS records in etcd. Flags: --a-b or -a_b (both spellings).")
+    for name, typ, default, helptext in FLAGS:
+        under = name.replace("-", "_")
+        spellings = list(dict.fromkeys([f"--{name}", f"-{name}", f"--{under}", f"-{under}"]))
+        kwargs = {"dest": under, "default": default, "help": helptext}
+        if typ == "bool":
+            kwargs.update(nargs="?", const=True, type=_bool, metavar="BOOL")
+        else:
+            kwargs.update(type=typ, metavar=under.upper())
+        parser.add_argument(*spellings, **kwargs)
+    return parser
+
+
+def parse_args(argv=None, environ=None):
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    for name, env in ENV.items():
+        attr = name.replace("-", "_")
+        if not getattr(args, attr) and environ.get(env):
+            setattr(args, attr, environ[env])
+    if args.endpoints_source not in ("auto", "endpointslices", "endpoints"):
+        raise SystemExit("kube2sky: --endpoints-source must be auto, endpointslices or "
+                         "endpoints")
+    args.kube_master_url = os.path.expandvars(args.kube_master_url)
+    args.machines = [m.strip() for m in args.etcd_server.split(",") if m.strip()]
+    return args
+
+
+def kubernetes_client(args):
+    """ApiClient from --kubecfg-file, else in-cluster, else KUBECONFIG/~/.kube/config;
+    --kube-master-url overrides the server."""
+    from kubernetes import client, config
+    configuration = client.Configuration()
+    if args.kubecfg_file:
+        config.load_kube_config(config_file=args.kubecfg_file,
+                                client_configuration=configuration)
+    elif args.kube_master_url:
+        pass
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    if args.kube_master_url:
+        configuration.host = args.kube_master_url.rstrip("/")
+    return client.ApiClient(configuration)
+
+
+def slices_served(api_client) -> bool:
+    from kubernetes import client
+    try:
+        groups = client.ApisApi(api_client).get_api_versions()
+    except Exception as exc:
+        log.warning("API discovery failed (%s); using v1 Endpoints", exc)
+        return False
+    return any(g.name == "discovery.k8s.io" and any(v.version == "v1" for v in g.versions)
+               for g in groups.groups or [])
+
+
+class HealthHandler(BaseHTTPRequestHandler):
+    app = None
+
+    def do_GET(self):
+        if self.path.startswith("/readiness"):
+            ok, body = self.app.readiness()
+        elif self.path.startswith("/healthz"):
+            ok, body = self.app.liveness()
+        else:
+            ok, body = False, "not found"
+            self.send_response(404)
+        if self.path.startswith(("/readiness", "/healthz")):
+            self.send_response(200 if ok else 503)
+        data = (body + "\n").encode()
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class App:
+    def __init__(self, args):
+        from kubernetes import client
+        self.args = args
+        self.stop_event = threading.Event()
+        api = kubernetes_client(args)
+        use_slices = {"endpointslices": True, "endpoints": False}.get(
+            args.endpoints_source, None)
+        if use_slices is None:
+            use_slices = slices_served(api)
+        log.info("endpoint data from %s", "EndpointSlices (discovery.k8s.io/v1)"
+                 if use_slices else "v1 Endpoints")
+        layout = Layout(args.domain, args.ttl)
+        self.state = DesiredState(layout, pods=args.pod_records, use_slices=use_slices)
+        etcd_config = SimpleNamespace(machines=args.machines, ca_cert=args.ca_cert,
+                                      tls_key=args.tls_key, tls_pem=args.tls_pem,
+                                      username=args.username, password=args.password)
+        self.writer = EtcdWriter(etcd_config, [layout.base + "/", "/skydns/arpa/"],
+                                 timeout=args.etcd_mutation_timeout)
+        core = client.CoreV1Api(api)
+        sources = {"services": core.list_service_for_all_namespaces}
+        if use_slices:
+            sources["endpointslices"] = \
+                client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces
+        else:
+            sources["endpoints"] = core.list_endpoints_for_all_namespaces
+        if args.pod_records:
+            sources["pods"] = core.list_pod_for_all_namespaces
+        self.controller = Controller(self.state, self.writer, sources, self.stop_event)
+        self.reflectors = [Reflector(kind, func, self.controller.queue, self.stop_event)
+                           for kind, func in sources.items()]
+        self.http = None
+
+    def readiness(self):
+        if self.controller.ready:
+            return True, "ok"
+        reasons = []
+        missing = sorted(set(r.kind for r in self.reflectors) - self.controller.listed)
+        if missing:
+            reasons.append("not listed yet: " + ", ".join(missing))
+        if not self.writer.healthy:
+            reasons.append(f"etcd writes failing: {self.writer.last_error}")
+        if not reasons:
+            reasons.append(f"initial sync in progress ({self.writer.pending()} keys to write)")
+        return False, "\n".join(reasons)
+
+    def liveness(self):
+        dead = [t.name for t in [self.controller, self.writer._thread, *self.reflectors]
+                if not t.is_alive()]
+        if dead:
+            return False, "threads stopped: " + ", ".join(dead)
+        return True, "ok"
+
+    def start(self):
+        self.writer.start()
+        self.controller.start()
+        for reflector in self.reflectors:
+            reflector.start()
+        if self.args.healthz_port:
+            HealthHandler.app = self
+            self.http = ThreadingHTTPServer((self.args.healthz_addr, self.args.healthz_port),
+                                            HealthHandler)
+            threading.Thread(target=self.http.serve_forever, name="healthz",
+                             daemon=True).start()
+        log.info("kube2sky syncing %s into etcd %s (owned keys marked under %s)",
+                 self.state.layout.domain, ",".join(self.args.machines), MARKER_PREFIX)
+
+    def stop(self):
+        self.stop_event.set()
+        for reflector in self.reflectors:
+            reflector.stop()
+        if self.http:
+            self.http.shutdown()
+        self.writer.stop()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    try:
+        app = App(args)
+        app.start()
+    except Exception as exc:
+        print(f"kube2sky: cannot start: {exc}", file=sys.stderr)
+        return 1
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1.0):
+        pass
+    log.info("stopping")
+    app.stop()
+    return 0
+
+
+def describe_state(state) -> str:
+    """The desired keys as JSON (for debugging: ``kube2sky`` logs stay one line each)."""
+    return json.dumps(state.desired(), indent=1, sort_keys=True)

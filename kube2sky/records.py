@@ -1,0 +1,237 @@
+"""Kubernetes objects -> SkyDNS records: pure functions over the API's JSON (dicts).
+
+Each function returns the records one object owns as ``{etcd key: JSON value}`` plus a list
+of problems (one line each, naming what was skipped and why). Keys and values are exactly
+kube2sky's (see the README's record layout); the format itself comes from skydns.record.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+
+from skydns.record import encode_record, encode_text, fnv1a32_label, name_to_key
+
+HOSTNAMES_ANNOTATION = "endpoints.beta.kubernetes.io/hostnames-map"
+SCHEMA_VERSION = "1.1.0"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class Endpoint:
+    """One address of a service's endpoints, normalized from Endpoints or EndpointSlices."""
+
+    __slots__ = ("ip", "hostname", "ready")
+
+    def __init__(self, ip, hostname="", ready=True):
+        self.ip = ip
+        self.hostname = hostname or ""
+        self.ready = ready
+
+    def __eq__(self, other):
+        return (self.ip, self.hostname, self.ready) == (other.ip, other.hostname, other.ready)
+
+    def __repr__(self):
+        return f"Endpoint({self.ip!r}, {self.hostname!r}, ready={self.ready})"
+
+
+class Layout:
+    """Where records go for one cluster domain, and how they are written."""
+
+    def __init__(self, domain="cluster.local.", ttl=30):
+        self.domain = domain.lower().rstrip(".") + "."
+        self.base = name_to_key(self.domain)
+        self.ttl = ttl
+
+    def value(self, host, port=0):
+        return encode_record(host, port=port, ttl=self.ttl)
+
+    def service_name(self, namespace, name):
+        return f"{name}.{namespace}.svc.{self.domain}"
+
+    def dns_version(self):
+        return {f"{self.base}/dns-version": encode_text(SCHEMA_VERSION)}
+
+
+def meta(obj):
+    metadata = obj.get("metadata") or {}
+    return metadata.get("namespace") or "", metadata.get("name") or ""
+
+
+def _ip(text):
+    try:
+        return ipaddress.ip_address(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def reverse_key(ip) -> str:
+    """``10.0.0.1`` -> ``/skydns/arpa/in-addr/10/0/0/1``; IPv6 by nibbles under ip6."""
+    name = ip.reverse_pointer  # e.g. 1.0.0.10.in-addr.arpa
+    return name_to_key(name + ".")
+
+
+def pod_label(ip) -> str:
+    """``10.244.7.7`` -> ``10-244-7-7``; IPv6 ``:`` -> ``-``."""
+    return str(ip).replace(".", "-").replace(":", "-")
+
+
+# -- services ----------------------------------------------------------------------------
+
+def service_records(layout: Layout, service: dict, endpoints: list | None):
+    """Records owned by one Service (with its endpoints, for headless services).
+
+    ``endpoints`` is a list of (addresses: [Endpoint], ports: [(name, port, protocol)])
+    groups, as produced by ``from_endpoints`` / ``from_slices``; None when there are none.
+    """
+    namespace, name = meta(service)
+    spec = service.get("spec") or {}
+    problems = []
+    if not namespace or not name:
+        return {}, ["service without namespace or name"]
+    fqdn = layout.service_name(namespace, name)
+    key = f"{layout.base}/svc/{namespace}/{name}"
+    if spec.get("type") == "ExternalName":
+        target = spec.get("externalName") or ""
+        if not target:
+            return {}, [f"service {namespace}/{name}: ExternalName without externalName"]
+        return {key: layout.value(target.rstrip(".") + ".")}, problems
+    cluster_ips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip]
+    if not cluster_ips:
+        return {}, [f"service {namespace}/{name}: no clusterIP yet"]
+    if cluster_ips[0] == "None":
+        return headless_records(layout, namespace, name, service, endpoints or [])
+    records = {}
+    first_label = None
+    for text in cluster_ips:
+        ip = _ip(text)
+        if ip is None:
+            problems.append(f"service {namespace}/{name}: bad clusterIP {text!r}")
+            continue
+        value = layout.value(str(ip))
+        label = fnv1a32_label(value)
+        first_label = first_label or label
+        records[f"{key}/{label}"] = value
+        records[reverse_key(ip)] = layout.value(fqdn)
+    if first_label is None:
+        return {}, problems
+    for port in spec.get("ports") or []:
+        port_name = port.get("name")
+        number = port.get("port")
+        if not port_name:
+            continue  # unnamed ports get no SRV
+        if not isinstance(number, int) or not 0 < number < 65536:
+            problems.append(f"service {namespace}/{name}: port {port_name} has no valid number")
+            continue
+        protocol = (port.get("protocol") or "TCP").lower()
+        records[f"{key}/_{protocol}/_{port_name.lower()}/{first_label}"] = layout.value(
+            fqdn, port=number)
+    return records, problems
+
+
+def headless_records(layout, namespace, name, service, groups):
+    """One A/AAAA per ready address, SRV per address x named port, PTR per address."""
+    fqdn = layout.service_name(namespace, name)
+    key = f"{layout.base}/svc/{namespace}/{name}"
+    publish_not_ready = bool((service.get("spec") or {}).get("publishNotReadyAddresses"))
+    records, problems = {}, []
+    # Sorted so that duplicate hostnames resolve the same way every time.
+    for addresses, ports in groups:
+        for endpoint in sorted(addresses, key=lambda e: (e.hostname, e.ip)):
+            if not endpoint.ready and not publish_not_ready:
+                continue
+            ip = _ip(endpoint.ip)
+            if ip is None:
+                problems.append(f"endpoints {namespace}/{name}: bad IP {endpoint.ip!r}")
+                continue
+            value = layout.value(str(ip))
+            label = endpoint.hostname.lower()
+            if label and not _DNS_LABEL.match(label):
+                problems.append(f"endpoints {namespace}/{name}: hostname {endpoint.hostname!r}"
+                                " is not a DNS label; using the hashed name")
+                label = ""
+            label = label or fnv1a32_label(value)
+            leaf = f"{key}/{label}"
+            if records.get(leaf, value) != value and endpoint.hostname:
+                # A dual-stack hostname: the second address goes just below the first,
+                # where a query for the hostname still finds it.
+                leaf = f"{leaf}/{fnv1a32_label(value)}"
+            records.setdefault(leaf, value)
+            target = f"{label}.{fqdn}"
+            records.setdefault(reverse_key(ip), layout.value(target))
+            for port_name, number, protocol in ports:
+                if not port_name or not isinstance(number, int):
+                    continue
+                records.setdefault(
+                    f"{key}/_{(protocol or 'TCP').lower()}/_{port_name.lower()}/{label}",
+                    layout.value(target, port=number))
+    return records, problems
+
+
+# -- endpoints ---------------------------------------------------------------------------
+
+def _ports(raw_ports):
+    return [(p.get("name") or "", p.get("port"), p.get("protocol") or "TCP")
+            for p in raw_ports or [] if isinstance(p, dict)]
+
+
+def from_endpoints(endpoints: dict):
+    """v1 Endpoints -> [(addresses, ports)], with hostnames from addresses[].hostname or
+    the old hostnames-map annotation."""
+    annotations = (endpoints.get("metadata") or {}).get("annotations") or {}
+    hostnames = {}
+    if annotations.get(HOSTNAMES_ANNOTATION):
+        try:
+            raw = json.loads(annotations[HOSTNAMES_ANNOTATION])
+            hostnames = {ip: (entry or {}).get("HostName", "") for ip, entry in raw.items()
+                         if isinstance(entry, dict)}
+        except (ValueError, AttributeError):
+            hostnames = {}
+    groups = []
+    for subset in endpoints.get("subsets") or []:
+        addresses = []
+        for field, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for address in subset.get(field) or []:
+                ip = address.get("ip")
+                if ip:
+                    hostname = address.get("hostname") or hostnames.get(ip, "")
+                    addresses.append(Endpoint(ip, hostname, ready))
+        groups.append((addresses, _ports(subset.get("ports"))))
+    return groups
+
+
+def from_slices(slices):
+    """All EndpointSlices of one service -> [(addresses, ports)]. A missing
+    ``conditions.ready`` means ready, as the API documents."""
+    groups = []
+    for item in sorted(slices, key=lambda s: (s.get("metadata") or {}).get("name", "")):
+        if item.get("addressType") == "FQDN":
+            continue
+        addresses = []
+        for endpoint in item.get("endpoints") or []:
+            ready = (endpoint.get("conditions") or {}).get("ready")
+            for ip in endpoint.get("addresses") or []:
+                addresses.append(Endpoint(ip, endpoint.get("hostname") or "",
+                                          ready is None or bool(ready)))
+        groups.append((addresses, _ports(item.get("ports"))))
+    return groups
+
+
+# -- pods --------------------------------------------------------------------------------
+
+def pod_records(layout: Layout, pod: dict):
+    """``a-b-c-d.<ns>.pod.<domain>`` A/AAAA for each pod IP (while the pod exists)."""
+    namespace, name = meta(pod)
+    status = pod.get("status") or {}
+    ips = [entry.get("ip") for entry in status.get("podIPs") or [] if isinstance(entry, dict)]
+    if not ips and status.get("podIP"):
+        ips = [status["podIP"]]
+    records, problems = {}, []
+    for text in ips:
+        ip = _ip(text)
+        if ip is None:
+            problems.append(f"pod {namespace}/{name}: bad IP {text!r}")
+            continue
+        value = layout.value(str(ip))
+        records[f"{layout.base}/pod/{namespace}/{pod_label(ip)}/{fnv1a32_label(value)}"] = value
+    return records, problems

@@ -1,0 +1,102 @@
+"""List-then-watch for one resource with the official kubernetes client (one thread each).
+
+The idiom of client-go's reflector: list, watch from the list's resourceVersion, re-watch
+from the last seen resourceVersion when the server ends a watch normally, and relist when
+the version is too old (410 Gone) or the stream breaks. Events go, as raw API JSON, to the
+controller's queue; this thread keeps no objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from kubernetes import watch
+from kubernetes.client.rest import ApiException
+
+from skydns.etcdsync import Backoff
+
+log = logging.getLogger("kube2sky.reflector")
+
+WATCH_TIMEOUT = 300      # seconds the API server keeps one watch open (timeoutSeconds)
+LIST_TIMEOUT = 120
+
+
+class Reflector(threading.Thread):
+    def __init__(self, kind, list_func, out, stop_event, watch_timeout=WATCH_TIMEOUT):
+        super().__init__(name=f"reflector-{kind}", daemon=True)
+        self.kind = kind
+        self.list_func = list_func
+        self.out = out
+        self.stop_event = stop_event
+        self.watch_timeout = watch_timeout
+        self.healthy = False
+        self.last_error = ""
+        self.relists = 0
+        self._watch = None
+
+    def stop(self):
+        if self._watch is not None:
+            self._watch.stop()
+
+    def run(self):
+        backoff = Backoff(0.5, 30.0)
+        version = None
+        while not self.stop_event.is_set():
+            try:
+                if version is None:
+                    version = self._list()
+                version = self._watch_from(version)
+                backoff.reset()
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("%s: resourceVersion %s expired (410 Gone): relisting",
+                             self.kind, version)
+                    version = None
+                    continue
+                self._failed(f"API error {exc.status} {exc.reason}".strip())
+                version = None
+            except Exception as exc:  # connection refused, broken stream, bad JSON...
+                self._failed(" ".join(f"{exc.__class__.__name__}: {exc}".split())[:300])
+                version = None
+            self.stop_event.wait(backoff.next())
+
+    def _failed(self, reason):
+        if self.healthy or reason != self.last_error:
+            log.warning("%s: list/watch failed, will relist: %s", self.kind, reason)
+        self.healthy, self.last_error = False, reason
+
+    def _list(self):
+        started = time.monotonic()
+        response = self.list_func(_preload_content=False, _request_timeout=LIST_TIMEOUT)
+        data = json.loads(response.data)
+        items = data.get("items") or []
+        version = (data.get("metadata") or {}).get("resourceVersion")
+        self.relists += 1
+        log.info("listed %d %s at resourceVersion %s in %.2fs", len(items), self.kind, version,
+                 time.monotonic() - started)
+        self.out.put(("list", self.kind, items, version))
+        self.healthy, self.last_error = True, ""
+        return version
+
+    def _watch_from(self, version):
+        """Watch until the server ends the stream; returns the last resourceVersion seen.
+        Raises ApiException(410) when the version is too old."""
+        self._watch = watch.Watch()
+        for event in self._watch.stream(self.list_func, resource_version=version,
+                                        timeout_seconds=self.watch_timeout,
+                                        allow_watch_bookmarks=True, deserialize=False,
+                                        _request_timeout=self.watch_timeout + 30):
+            if self.stop_event.is_set():
+                break
+            kind = event.get("type")
+            obj = event.get("object") or {}
+            if kind == "ERROR":
+                raise ApiException(status=obj.get("code"), reason=obj.get("reason") or
+                                   obj.get("message"))
+            version = (obj.get("metadata") or {}).get("resourceVersion") or version
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                self.out.put(("event", self.kind, kind, obj))
+        return version

@@ -1,0 +1,194 @@
+"""The desired contents of etcd, kept incrementally from the Kubernetes objects seen.
+
+Every record has owners (a Service or a Pod). A key stays while any owner needs it; when
+owners disagree on a key's value (a PTR for an IP in two services, one hostname on two
+addresses of two services), the owner that sorts first wins, so the choice is the same on
+every run. Each object change recomputes only that owner's records and reports the keys
+whose winning value changed: exactly the difference to write to etcd.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .records import (Layout, from_endpoints, from_slices, meta, pod_records,
+                      service_records)
+
+log = logging.getLogger("kube2sky.state")
+
+SERVICE_LABEL = "kubernetes.io/service-name"
+
+
+class DesiredState:
+    def __init__(self, layout: Layout, pods: bool = True, use_slices: bool = True):
+        self.layout = layout
+        self.pods_enabled = pods
+        self.use_slices = use_slices
+        self.services = {}      # (ns, name) -> Service
+        self.endpoints = {}     # (ns, name) -> Endpoints
+        self.slices = {}        # (ns, service name) -> {slice name: EndpointSlice}
+        self.pods = {}          # (ns, name) -> Pod
+        self.owned = {}         # owner -> {key: value}
+        self.index = {}         # key -> {owner: value}
+        self.problems = {}      # owner -> last problems logged (log each once)
+        self._set_owner(("~", "dns-version"), layout.dns_version())
+
+    # -- the index -----------------------------------------------------------------------
+
+    def value(self, key):
+        owners = self.index.get(key)
+        if not owners:
+            return None
+        return owners[min(owners)]
+
+    def desired(self) -> dict:
+        return {key: owners[min(owners)] for key, owners in self.index.items()}
+
+    def _set_owner(self, owner, records) -> dict:
+        """Replace ``owner``'s records; return {key: new winning value or None}."""
+        old = self.owned.get(owner, {})
+        if old == records:
+            return {}
+        before = {key: self.value(key) for key in old.keys() | records.keys()}
+        for key in old.keys() - records.keys():
+            owners = self.index[key]
+            del owners[owner]
+            if not owners:
+                del self.index[key]
+        for key, value in records.items():
+            self.index.setdefault(key, {})[owner] = value
+        if records:
+            self.owned[owner] = records
+        else:
+            self.owned.pop(owner, None)
+        return {key: self.value(key) for key, was in before.items() if self.value(key) != was}
+
+    def _report(self, owner, problems):
+        if problems and self.problems.get(owner) != problems:
+            for problem in problems:
+                log.warning("skipping %s", problem)
+        if problems:
+            self.problems[owner] = problems
+        else:
+            self.problems.pop(owner, None)
+
+    # -- services and their endpoints ----------------------------------------------------
+
+    def _service_changed(self, ns, name) -> dict:
+        owner = ("svc", ns, name)
+        service = self.services.get((ns, name))
+        if service is None:
+            self.problems.pop(owner, None)
+            return self._set_owner(owner, {})
+        if self.use_slices:
+            slices = self.slices.get((ns, name))
+            groups = from_slices(slices.values()) if slices else None
+        else:
+            endpoints = self.endpoints.get((ns, name))
+            groups = from_endpoints(endpoints) if endpoints else None
+        try:
+            records, problems = service_records(self.layout, service, groups)
+        except Exception as exc:  # an odd object must never stop the sync
+            records, problems = {}, [f"service {ns}/{name}: {exc.__class__.__name__}: {exc}"]
+        self._report(owner, problems)
+        return self._set_owner(owner, records)
+
+    def set_service(self, obj):
+        ns, name = meta(obj)
+        self.services[(ns, name)] = obj
+        return self._service_changed(ns, name)
+
+    def delete_service(self, obj):
+        ns, name = meta(obj)
+        self.services.pop((ns, name), None)
+        return self._service_changed(ns, name)
+
+    def set_endpoints(self, obj):
+        ns, name = meta(obj)
+        self.endpoints[(ns, name)] = obj
+        return {} if self.use_slices else self._service_changed(ns, name)
+
+    def delete_endpoints(self, obj):
+        ns, name = meta(obj)
+        self.endpoints.pop((ns, name), None)
+        return {} if self.use_slices else self._service_changed(ns, name)
+
+    @staticmethod
+    def _slice_service(obj):
+        ns, slice_name = meta(obj)
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return ns, labels.get(SERVICE_LABEL), slice_name
+
+    def set_slice(self, obj):
+        ns, service, slice_name = self._slice_service(obj)
+        if not service:
+            return {}
+        self.slices.setdefault((ns, service), {})[slice_name] = obj
+        return self._service_changed(ns, service) if self.use_slices else {}
+
+    def delete_slice(self, obj):
+        ns, service, slice_name = self._slice_service(obj)
+        slices = self.slices.get((ns, service))
+        if slices is None:
+            return {}
+        slices.pop(slice_name, None)
+        if not slices:
+            del self.slices[(ns, service)]
+        return self._service_changed(ns, service) if self.use_slices else {}
+
+    # -- pods ----------------------------------------------------------------------------
+
+    def set_pod(self, obj):
+        if not self.pods_enabled:
+            return {}
+        ns, name = meta(obj)
+        status = obj.get("status") or {}
+        # Only what the records need: thousands of pods must not cost their full specs.
+        self.pods[(ns, name)] = obj = {
+            "metadata": {"namespace": ns, "name": name},
+            "status": {"podIP": status.get("podIP"), "podIPs": status.get("podIPs")}}
+        records, problems = pod_records(self.layout, obj)
+        self._report(("pod", ns, name), problems)
+        return self._set_owner(("pod", ns, name), records)
+
+    def delete_pod(self, obj):
+        ns, name = meta(obj)
+        self.pods.pop((ns, name), None)
+        self.problems.pop(("pod", ns, name), None)
+        return self._set_owner(("pod", ns, name), {})
+
+    # -- relists -------------------------------------------------------------------------
+
+    def replace(self, kind, objects) -> dict:
+        """A fresh list of one kind: apply deletions and changes, return the difference."""
+        setter, deleter, current = {
+            "services": (self.set_service, self.delete_service, self.services),
+            "endpoints": (self.set_endpoints, self.delete_endpoints, self.endpoints),
+            "pods": (self.set_pod, self.delete_pod, self.pods),
+            "endpointslices": (self.set_slice, self.delete_slice, None),
+        }[kind]
+        changes = {}
+        if kind == "endpointslices":
+            listed = {(meta(o)[0], meta(o)[1]) for o in objects}
+            for (ns, _service), slices in list(self.slices.items()):
+                for slice_name, obj in list(slices.items()):
+                    if (ns, slice_name) not in listed:
+                        changes.update(deleter(obj))
+        else:
+            listed = {meta(o) for o in objects}
+            for key, obj in list(current.items()):
+                if key not in listed:
+                    changes.update(deleter(obj))
+        for obj in objects:
+            changes.update(setter(obj))
+        return changes
+
+    def handle(self, kind, event_type, obj) -> dict:
+        """One watch event (ADDED/MODIFIED/DELETED) of one kind."""
+        setter, deleter = {
+            "services": (self.set_service, self.delete_service),
+            "endpoints": (self.set_endpoints, self.delete_endpoints),
+            "pods": (self.set_pod, self.delete_pod),
+            "endpointslices": (self.set_slice, self.delete_slice),
+        }[kind]
+        return deleter(obj) if event_type == "DELETED" else setter(obj)

@@ -1,0 +1,174 @@
+"""Unit tests of kube2sky's object -> records mapping and its incremental desired state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kube2sky.records import (Layout, from_endpoints, from_slices, pod_records,
+                              service_records)
+from kube2sky.state import DesiredState
+
+L = Layout("cluster.local", ttl=30)
+BASE = "/skydns/local/cluster"
+
+
+def value(host, port=0):
+    fields = {"host": host}
+    if port:
+        fields["port"] = port
+    fields.update(priority=10, weight=10, ttl=30, targetstrip=0)
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def svc(name, ns="default", cluster_ip="10.0.0.1", ports=(), **spec):
+    body = {"clusterIP": cluster_ip, "ports": list(ports), **spec}
+    return {"metadata": {"namespace": ns, "name": name}, "spec": body}
+
+
+def test_cluster_ip_service_matches_kube2sky_2016_layout():
+    records, problems = service_records(L, svc("web", ports=[
+        {"name": "http", "port": 80, "protocol": "TCP"}, {"port": 8080}]), None)
+    assert problems == []
+    # c88f1059 is the reference's check value for host 10.0.0.1
+    assert records == {
+        f"{BASE}/svc/default/web/c88f1059": value("10.0.0.1"),
+        f"{BASE}/svc/default/web/_tcp/_http/c88f1059":
+            value("web.default.svc.cluster.local.", 80),
+        "/skydns/arpa/in-addr/10/0/0/1": value("web.default.svc.cluster.local."),
+    }
+
+
+def test_reference_check_labels():
+    for ip, label in (("10.3.0.214", "6ead029a"), ("10.244.1.10", "eab4ec")):
+        records, _ = service_records(L, svc("x", cluster_ip=ip), None)
+        assert f"{BASE}/svc/default/x/{label}" in records
+
+
+def test_dual_stack_cluster_ips():
+    records, _ = service_records(L, svc("web", clusterIPs=["10.0.0.1", "fd00::1"]), None)
+    hosts = sorted(json.loads(v)["host"] for k, v in records.items() if "/svc/" in k)
+    assert hosts == ["10.0.0.1", "fd00::1"]
+    assert any(k.startswith("/skydns/arpa/ip6/f/d/0/0/") for k in records)
+
+
+def test_external_name_is_a_leaf_at_the_service_key():
+    records, _ = service_records(L, svc("ext", cluster_ip=None, type="ExternalName",
+                                        externalName="www.example.com"), None)
+    assert records == {f"{BASE}/svc/default/ext": value("www.example.com.")}
+
+
+def endpoints(subsets, annotations=None):
+    meta = {"namespace": "default", "name": "db"}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"metadata": meta, "subsets": subsets}
+
+
+def test_headless_service_with_hostnames_and_annotation():
+    ep = endpoints([{
+        "addresses": [{"ip": "10.244.1.5", "hostname": "pg-0"}, {"ip": "10.244.2.7"},
+                      {"ip": "10.244.3.9"}],
+        "notReadyAddresses": [{"ip": "10.244.4.4"}],
+        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}, {"port": 9}],
+    }], annotations={"endpoints.beta.kubernetes.io/hostnames-map":
+                     json.dumps({"10.244.2.7": {"HostName": "pg-1"}})})
+    records, problems = service_records(L, svc("db", cluster_ip="None"), from_endpoints(ep))
+    assert problems == []
+    hashed = [k for k in records if k.startswith(f"{BASE}/svc/default/db/")
+              and "/_" not in k and k.rsplit("/", 1)[1] not in ("pg-0", "pg-1")]
+    assert len(hashed) == 1  # 10.244.3.9 gets the FNV label; the not-ready one nothing
+    label = hashed[0].rsplit("/", 1)[1]
+    assert records[f"{BASE}/svc/default/db/pg-0"] == value("10.244.1.5")
+    assert records[f"{BASE}/svc/default/db/pg-1"] == value("10.244.2.7")
+    assert records[f"{BASE}/svc/default/db/_tcp/_pg/pg-0"] == value(
+        "pg-0.db.default.svc.cluster.local.", 5432)
+    assert records[f"{BASE}/svc/default/db/_tcp/_pg/{label}"] == value(
+        f"{label}.db.default.svc.cluster.local.", 5432)
+    assert records["/skydns/arpa/in-addr/10/244/1/5"] == value(
+        "pg-0.db.default.svc.cluster.local.")
+    assert not any("10.244.4.4" in v for v in records.values())
+
+
+def test_publish_not_ready_addresses():
+    ep = endpoints([{"notReadyAddresses": [{"ip": "10.244.4.4"}], "ports": []}])
+    records, _ = service_records(L, svc("db", cluster_ip="None",
+                                        publishNotReadyAddresses=True), from_endpoints(ep))
+    assert value("10.244.4.4") in records.values()
+
+
+def test_slices_merge_and_missing_ready_means_ready():
+    def sl(name, eps, ports):
+        return {"metadata": {"namespace": "default", "name": name,
+                             "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv4", "endpoints": eps, "ports": ports}
+    slices = [sl("db-a", [{"addresses": ["10.1.0.1"], "hostname": "a"}],
+                 [{"name": "pg", "port": 5432, "protocol": "TCP"}]),
+              sl("db-b", [{"addresses": ["10.1.0.2"], "conditions": {"ready": False}},
+                          {"addresses": ["10.1.0.3"], "conditions": {"ready": True}}],
+                 [{"name": "pg", "port": 5432, "protocol": "TCP"}])]
+    records, _ = service_records(L, svc("db", cluster_ip="None"), from_slices(slices))
+    hosts = sorted(json.loads(v)["host"] for k, v in records.items()
+                   if "/svc/" in k and "/_" not in k)
+    assert hosts == ["10.1.0.1", "10.1.0.3"]
+
+
+def test_pod_records_v4_and_v6():
+    pod = {"metadata": {"namespace": "ns", "name": "p"},
+           "status": {"podIP": "10.244.7.7", "podIPs": [{"ip": "10.244.7.7"},
+                                                         {"ip": "fd00::7"}]}}
+    records, _ = pod_records(L, pod)
+    keys = sorted(k.rsplit("/", 1)[0] for k in records)
+    assert keys == [f"{BASE}/pod/ns/10-244-7-7", f"{BASE}/pod/ns/fd00--7"]
+
+
+@pytest.mark.parametrize("obj, reason", [
+    (svc("noip", cluster_ip=""), "no clusterIP"),
+    (svc("bad", cluster_ip="10.0.0.300"), "bad clusterIP"),
+    (svc("ext", cluster_ip=None, type="ExternalName"), "without externalName"),
+    ({"metadata": {}, "spec": {}}, "without namespace"),
+])
+def test_odd_services_are_skipped_with_a_reason(obj, reason):
+    records, problems = service_records(L, obj, None)
+    assert records == {} and reason in problems[0]
+
+
+# -- the desired state ---------------------------------------------------------------------
+
+def test_update_changes_only_what_changed():
+    state = DesiredState(L, use_slices=False)
+    state.set_service(svc("web", ports=[{"name": "http", "port": 80}]))
+    changes = state.set_service(svc("web", ports=[{"name": "http", "port": 8080}]))
+    assert list(changes) == [f"{BASE}/svc/default/web/_tcp/_http/c88f1059"]
+
+
+def test_shared_records_stay_while_any_owner_needs_them():
+    state = DesiredState(L)
+    pod = {"status": {"podIP": "10.244.0.9"}}
+    a = state.set_pod({**pod, "metadata": {"namespace": "ns", "name": "a"}})
+    b = state.set_pod({**pod, "metadata": {"namespace": "ns", "name": "b"}})
+    assert len(a) == 1 and b == {}
+    assert state.delete_pod({"metadata": {"namespace": "ns", "name": "a"}}) == {}
+    gone = state.delete_pod({"metadata": {"namespace": "ns", "name": "b"}})
+    assert list(gone.values()) == [None]
+
+
+def test_ptr_owner_choice_is_deterministic():
+    def build(order):
+        state = DesiredState(L, use_slices=False)
+        for name in order:
+            state.set_service(svc(name, cluster_ip="None"))
+            state.set_endpoints({"metadata": {"namespace": "default", "name": name},
+                                 "subsets": [{"addresses": [{"ip": "10.9.9.9"}]}]})
+        return state.value("/skydns/arpa/in-addr/10/9/9/9")
+    assert build(["zz", "aa"]) == build(["aa", "zz"])
+    assert "aa.default.svc" in json.loads(build(["zz", "aa"]))["host"]
+
+
+def test_relist_removes_vanished_objects_and_dns_version_is_always_there():
+    state = DesiredState(L, use_slices=False)
+    state.replace("services", [svc("a"), svc("b", cluster_ip="10.0.0.2")])
+    changes = state.replace("services", [svc("a")])
+    assert set(changes.values()) == {None}
+    assert state.desired()[f"{BASE}/dns-version"] == '{"text":"1.1.0"}'
