@@ -64,6 +64,8 @@ class Reflector(threading.Thread):
             self.stop_event.wait(backoff.next())
 
     def _failed(self, reason):
+        if self.stop_event.is_set():
+            return  # our own shutdown closed the stream
         if self.healthy or reason != self.last_error:
             log.warning("%s: list/watch failed, will relist: %s", self.kind, reason)
         self.healthy, self.last_error = False, reason

@@ -1,0 +1,81 @@
+"""Command line: ``kubeemu [--host 127.0.0.1] [--port 0] [--seed FILE ...] [--history N]``.
+
+Serves the Kubernetes API emulator until SIGTERM or SIGINT and prints, once it is
+ready, ``kubeemu: serving the Kubernetes API emulator at http://HOST:PORT``.  An
+emulator for tests and local runs only; see :mod:`kubeemu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from .errors import ApiError
+from .server import Emulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kubeemu",
+        description="Serve a small Kubernetes API emulator (core/v1 namespaces, services, "
+                    "endpoints, pods; discovery.k8s.io/v1 endpointslices) over plain HTTP. "
+                    "For tests and local runs: no auth, no admission, state in memory.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port to listen on; 0 picks a free one (default 0)")
+    parser.add_argument("--seed", nargs="+", default=[], metavar="FILE",
+                        help="YAML or JSON manifests to create at start")
+    parser.add_argument("--history", type=int, default=1000, metavar="N",
+                        help="events kept for watch replay; older resourceVersions get "
+                             "410 Expired (default 1000)")
+    parser.add_argument("--service-cidr", default="10.96.0.0/16",
+                        help="range for ClusterIP allocation (default 10.96.0.0/16)")
+    parser.add_argument("--require-namespaces", action="store_true",
+                        help="refuse objects in namespaces that do not exist, as a real "
+                             "cluster does")
+    parser.add_argument("--watch-timeout", type=float, default=1800.0, metavar="SECONDS",
+                        help="end watches that give no timeoutSeconds after this long")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    if args.history < 1:
+        parser.error("--history must be at least 1")
+
+    try:
+        emulator = Emulator(port=args.port, host=args.host, history=args.history,
+                            seed=args.seed, service_cidr=args.service_cidr,
+                            require_namespace=args.require_namespaces,
+                            watch_timeout=args.watch_timeout, verbose=args.verbose)
+    except (OSError, ValueError, ApiError) as exc:
+        print("kubeemu: cannot start: %s" % exc, file=sys.stderr)
+        return 2
+    except Exception as exc:  # e.g. a YAML syntax error in a seed manifest
+        print("kubeemu: cannot load the seed manifests: %s" % exc, file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        emulator.start()
+    except OSError as exc:
+        print("kubeemu: cannot listen on %s:%s: %s" % (args.host, args.port, exc),
+              file=sys.stderr)
+        return 1
+    print("kubeemu: serving the Kubernetes API emulator at %s" % emulator.url, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        emulator.stop()
+    print("kubeemu: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
