@@ -80,9 +80,13 @@ class DesiredState:
         if service is None:
             self.problems.pop(owner, None)
             return self._set_owner(owner, {})
+        fqdn_slices = []
         if self.use_slices:
             slices = self.slices.get((ns, name))
             groups = from_slices(slices.values()) if slices else None
+            fqdn_slices = [f"endpointslice {ns}/{slice_name}: addressType FQDN is not served"
+                           for slice_name, obj in sorted((slices or {}).items())
+                           if obj.get("addressType") == "FQDN"]
         else:
             endpoints = self.endpoints.get((ns, name))
             groups = from_endpoints(endpoints) if endpoints else None
@@ -90,7 +94,7 @@ class DesiredState:
             records, problems = service_records(self.layout, service, groups)
         except Exception as exc:  # an odd object must never stop the sync
             records, problems = {}, [f"service {ns}/{name}: {exc.__class__.__name__}: {exc}"]
-        self._report(owner, problems)
+        self._report(owner, problems + fqdn_slices)
         return self._set_owner(owner, records)
 
     def set_service(self, obj):
