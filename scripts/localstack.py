@@ -1,8 +1,8 @@
-"""Run etcd and skydns on 127.0.0.1, seeded with example records, until Ctrl-C.
+"""Run the whole stack on 127.0.0.1 until Ctrl-C: etcd, the Kubernetes API emulator
+(kubeemu) seeded with manifests/examples/, kube2sky and skydns (DNS on port 1053).
 
 Each process's output is prefixed with its name. Ctrl-C or SIGTERM stops everything and
-removes the temporary etcd data; if one process dies the other is stopped too.
-(kube2sky and the Kubernetes API emulator join this stack with their own issue.)
+removes the temporary etcd data; if one process dies the others are stopped too.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import time
 
 import etcd3
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from skydns.record import encode_record, encode_text, fnv1a32_label  # noqa: E402
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 BIN = os.path.dirname(sys.executable)
 DOMAIN = "cluster.local."
@@ -48,26 +47,22 @@ def pick_port(wanted: int, what: str) -> int:
     return port
 
 
-def example_records():
-    """A few records laid out as kube2sky writes them (see the README's record layout)."""
-    base = "/skydns/local/cluster"
-    records = {}
-
-    def leaf(path, value):
-        records[f"{base}/{path}/{fnv1a32_label(value)}"] = value
-
-    web = encode_record("10.0.0.10")
-    leaf("svc/default/web", web)
-    records[f"{base}/svc/default/web/_tcp/_http/{fnv1a32_label(web)}"] = encode_record(
-        "web.default.svc.cluster.local.", port=80)
-    for host, ip in (("db-0", "10.244.1.5"), ("db-1", "10.244.2.7")):
-        records[f"{base}/svc/default/db/{host}"] = encode_record(ip)
-        records[f"{base}/svc/default/db/_tcp/_pg/{host}"] = encode_record(
-            f"{host}.db.default.svc.cluster.local.", port=5432)
-    records[f"{base}/svc/default/search"] = encode_record("www.example.com")
-    records[f"{base}/dns-version"] = encode_text("1.1.0")
-    records["/skydns/arpa/in-addr/10/0/0/10"] = encode_record("web.default.svc.cluster.local.")
-    return records
+def wait_ready(url, procs, name, timeout=60):
+    """Poll a health URL until 200 (bounded); stop waiting if any process died."""
+    import urllib.error
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs.values()):
+            return
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    print(f"[stack] {name} not ready after {timeout}s (see its log lines above)", flush=True)
 
 
 def etcd_version(binary):
@@ -101,6 +96,8 @@ def main():
     parser.add_argument("--dns-port", type=int, default=1053)
     parser.add_argument("--etcd-port", type=int, default=2379)
     parser.add_argument("--healthz-port", type=int, default=8080)
+    parser.add_argument("--api-port", type=int, default=6443)
+    parser.add_argument("--kube2sky-port", type=int, default=8081)
     args = parser.parse_args()
 
     etcd_bin, etcdctl = pick_etcd()
@@ -110,12 +107,22 @@ def main():
     peer_port = pick_port(etcd_port + 1 if etcd_port < 65535 else 2380, "etcd peers")
     dns_port = pick_port(args.dns_port, "DNS")
     healthz_port = pick_port(args.healthz_port, "/healthz")
+    api_port = pick_port(args.api_port, "the API emulator")
+    kube2sky_port = pick_port(args.kube2sky_port, "kube2sky /readiness")
+    examples = sorted(os.path.join(REPO, "manifests", "examples", f)
+                      for f in os.listdir(os.path.join(REPO, "manifests", "examples"))
+                      if f.endswith((".yaml", ".yml", ".json")))
     data_dir = tempfile.mkdtemp(prefix="skydns-local-")
     procs = {}
     stopping = threading.Event()
 
     def stop_all(*_):
         stopping.set()
+
+    def start(name, argv):
+        procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       cwd=REPO)
+        threading.Thread(target=pump, args=(name, procs[name].stdout), daemon=True).start()
 
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
@@ -141,25 +148,29 @@ def main():
                 if time.monotonic() > deadline or procs["etcd"].poll() is not None:
                     raise SystemExit("[stack] etcd did not start")
                 time.sleep(0.1)
-        for key, value in example_records().items():
-            client.put(key, value)
         client.close()
-        procs["skydns"] = subprocess.Popen(
-            [sys.executable, "-m", "skydns", f"-addr=127.0.0.1:{dns_port}",
-             f"-machines=http://127.0.0.1:{etcd_port}", f"-domain={DOMAIN}",
-             f"-healthz-port={healthz_port}", "-healthz-addr=127.0.0.1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        threading.Thread(target=pump, args=("skydns", procs["skydns"].stdout),
-                         daemon=True).start()
-        time.sleep(0.5)
+        start("kubeemu", [sys.executable, "-m", "kubeemu", f"--port={api_port}",
+                          "--host=127.0.0.1"] + [a for f in examples for a in ("--seed", f)])
+        api = f"http://127.0.0.1:{api_port}"
+        start("kube2sky", [sys.executable, "-m", "kube2sky", f"--kube-master-url={api}",
+                           f"--etcd-server=http://127.0.0.1:{etcd_port}", f"--domain={DOMAIN}",
+                           f"--healthz-port={kube2sky_port}", "--healthz-addr=127.0.0.1"])
+        start("skydns", [sys.executable, "-m", "skydns", f"-addr=127.0.0.1:{dns_port}",
+                         f"-machines=http://127.0.0.1:{etcd_port}", f"-domain={DOMAIN}",
+                         f"-healthz-port={healthz_port}", "-healthz-addr=127.0.0.1",
+                         "-healthz-query=kubernetes.default.svc.cluster.local"])
+        wait_ready(f"http://127.0.0.1:{kube2sky_port}/readiness", procs, "kube2sky")
+        wait_ready(f"http://127.0.0.1:{healthz_port}/healthz", procs, "skydns")
         endpoint = f"http://127.0.0.1:{etcd_port}"
         print(f"""
 [stack] ready. Try:
-  dig @127.0.0.1 -p {dns_port} web.default.svc.cluster.local A +short
-  dig @127.0.0.1 -p {dns_port} _http._tcp.web.default.svc.cluster.local SRV
-  dig @127.0.0.1 -p {dns_port} db.default.svc.cluster.local A +short
+  dig @127.0.0.1 -p {dns_port} web.demo.svc.cluster.local A +short
+  dig @127.0.0.1 -p {dns_port} _http._tcp.web.demo.svc.cluster.local SRV +short
+  dig @127.0.0.1 -p {dns_port} db.demo.svc.cluster.local A +short
+  dig @127.0.0.1 -p {dns_port} pg-0.db.demo.svc.cluster.local A +short
+  dig @127.0.0.1 -p {dns_port} search.demo.svc.cluster.local CNAME +short
   ETCDCTL_API=3 {etcdctl} --endpoints={endpoint} get --prefix /skydns
-  ETCDCTL_API=3 {etcdctl} --endpoints={endpoint} put /skydns/local/cluster/svc/default/new/x '{{"host":"10.0.0.99"}}'
+  kubectl --server={api} --validate=false create service clusterip new --tcp=80:80 -o yaml --dry-run=client | kubectl apply --server={api} --validate=false -f -
   dig @127.0.0.1 -p {dns_port} new.default.svc.cluster.local A +short
   curl http://127.0.0.1:{healthz_port}/healthz
 [stack] Ctrl-C stops everything.

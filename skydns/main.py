@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -175,7 +176,16 @@ def main(argv=None):
             except subprocess.TimeoutExpired:
                 child.kill()
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    reactor.run()
+
+    def stop_once(*_):
+        # SIGINT from a terminal's Ctrl-C and SIGTERM from a supervisor often both arrive.
+        if reactor.running and not getattr(reactor, "_skydns_stopping", False):
+            reactor._skydns_stopping = True
+            log.info("stopping")
+            reactor.stop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: reactor.callFromThread(stop_once))
+    reactor.run(installSignalHandlers=False)
     return 0
 
 
