@@ -170,7 +170,7 @@ def main():
   dig @127.0.0.1 -p {dns_port} pg-0.db.demo.svc.cluster.local A +short
   dig @127.0.0.1 -p {dns_port} search.demo.svc.cluster.local CNAME +short
   ETCDCTL_API=3 {etcdctl} --endpoints={endpoint} get --prefix /skydns
-  kubectl --server={api} --validate=false create service clusterip new --tcp=80:80 -o yaml --dry-run=client | kubectl apply --server={api} --validate=false -f -
+  kubectl create service clusterip new --tcp=80:80 --dry-run=client -o yaml | KUBECONFIG=/dev/null kubectl apply --server={api} --validate=false -f -
   dig @127.0.0.1 -p {dns_port} new.default.svc.cluster.local A +short
   curl http://127.0.0.1:{healthz_port}/healthz
 [stack] Ctrl-C stops everything.
