@@ -103,14 +103,28 @@ def kubernetes_client(args):
 
 
 def slices_served(api_client) -> bool:
+    """Whether the API serves discovery.k8s.io/v1. Raises while the API is unreachable:
+    the answer must come from the API, not from a failure to reach it."""
     from kubernetes import client
-    try:
-        groups = client.ApisApi(api_client).get_api_versions()
-    except Exception as exc:
-        log.warning("API discovery failed (%s); using v1 Endpoints", exc)
-        return False
+    groups = client.ApisApi(api_client).get_api_versions(_request_timeout=10)
     return any(g.name == "discovery.k8s.io" and any(v.version == "v1" for v in g.versions)
                for g in groups.groups or [])
+
+
+def wait_for_discovery(api_client, stop_event) -> bool | None:
+    """Ask the API until it answers (bounded, jittered backoff); None when stopped."""
+    from skydns.etcdsync import Backoff
+    backoff, last = Backoff(0.5, 15.0), None
+    while not stop_event.is_set():
+        try:
+            return slices_served(api_client)
+        except Exception as exc:
+            reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
+            if reason != last:
+                log.warning("API discovery failed, retrying: %s", reason)
+                last = reason
+        stop_event.wait(backoff.next())
+    return None
 
 
 class HealthHandler(BaseHTTPRequestHandler):
@@ -138,14 +152,18 @@ class HealthHandler(BaseHTTPRequestHandler):
 
 class App:
     def __init__(self, args):
-        from kubernetes import client
         self.args = args
         self.stop_event = threading.Event()
-        api = kubernetes_client(args)
-        use_slices = {"endpointslices": True, "endpoints": False}.get(
-            args.endpoints_source, None)
-        if use_slices is None:
-            use_slices = slices_served(api)
+        self.api = kubernetes_client(args)
+        self.controller = None
+        self.reflectors = []
+        self.writer = None
+        self.http = None
+
+    def setup(self, use_slices):
+        """Build the sync machinery once we know where endpoint data comes from."""
+        from kubernetes import client
+        args, api = self.args, self.api
         log.info("endpoint data from %s", "EndpointSlices (discovery.k8s.io/v1)"
                  if use_slices else "v1 Endpoints")
         layout = Layout(args.domain, args.ttl)
@@ -167,9 +185,10 @@ class App:
         self.controller = Controller(self.state, self.writer, sources, self.stop_event)
         self.reflectors = [Reflector(kind, func, self.controller.queue, self.stop_event)
                            for kind, func in sources.items()]
-        self.http = None
 
     def readiness(self):
+        if self.controller is None:
+            return False, "waiting for the API server (discovery)"
         if self.controller.ready:
             return True, "ok"
         reasons = []
@@ -183,6 +202,8 @@ class App:
         return False, "\n".join(reasons)
 
     def liveness(self):
+        if self.controller is None:
+            return True, "ok (waiting for the API server)"
         dead = [t.name for t in [self.controller, self.writer._thread, *self.reflectors]
                 if not t.is_alive()]
         if dead:
@@ -190,16 +211,24 @@ class App:
         return True, "ok"
 
     def start(self):
-        self.writer.start()
-        self.controller.start()
-        for reflector in self.reflectors:
-            reflector.start()
+        """Health endpoints first (so probes see "waiting"), then discovery, then sync."""
         if self.args.healthz_port:
             HealthHandler.app = self
             self.http = ThreadingHTTPServer((self.args.healthz_addr, self.args.healthz_port),
                                             HealthHandler)
             threading.Thread(target=self.http.serve_forever, name="healthz",
                              daemon=True).start()
+        use_slices = {"endpointslices": True, "endpoints": False}.get(
+            self.args.endpoints_source)
+        if use_slices is None:
+            use_slices = wait_for_discovery(self.api, self.stop_event)
+            if use_slices is None:
+                return
+        self.setup(use_slices)
+        self.writer.start()
+        self.controller.start()
+        for reflector in self.reflectors:
+            reflector.start()
         log.info("kube2sky syncing %s into etcd %s (owned keys marked under %s)",
                  self.state.layout.domain, ",".join(self.args.machines), MARKER_PREFIX)
 
@@ -209,7 +238,8 @@ class App:
             reflector.stop()
         if self.http:
             self.http.shutdown()
-        self.writer.stop()
+        if self.writer:
+            self.writer.stop()
 
 
 def main(argv=None):
@@ -219,13 +249,21 @@ def main(argv=None):
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         app = App(args)
-        app.start()
-    except Exception as exc:
+    except Exception as exc:  # an unreadable kubeconfig, no credentials at all
         print(f"kube2sky: cannot start: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
+
+    def on_signal(*_):
+        done.set()
+        app.stop_event.set()  # also ends a discovery wait
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, on_signal)
+    try:
+        app.start()
+    except OSError as exc:  # e.g. the health port is taken
+        print(f"kube2sky: cannot start: {exc}", file=sys.stderr)
+        return 1
     while not done.wait(1.0):
         pass
     log.info("stopping")

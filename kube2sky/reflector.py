@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from kubernetes import watch
+from kubernetes.watch.watch import iter_resp_lines
 from kubernetes.client.rest import ApiException
 
 from skydns.etcdsync import Backoff
@@ -35,11 +35,15 @@ class Reflector(threading.Thread):
         self.healthy = False
         self.last_error = ""
         self.relists = 0
-        self._watch = None
+        self._response = None
 
     def stop(self):
-        if self._watch is not None:
-            self._watch.stop()
+        response = self._response
+        if response is not None:
+            try:
+                response.close()  # ends a watch blocked on the stream
+            except Exception:
+                pass
 
     def run(self):
         backoff = Backoff(0.5, 30.0)
@@ -85,20 +89,31 @@ class Reflector(threading.Thread):
 
     def _watch_from(self, version):
         """Watch until the server ends the stream; returns the last resourceVersion seen.
-        Raises ApiException(410) when the version is too old."""
-        self._watch = watch.Watch()
-        for event in self._watch.stream(self.list_func, resource_version=version,
-                                        timeout_seconds=self.watch_timeout,
-                                        allow_watch_bookmarks=True, deserialize=False,
-                                        _request_timeout=self.watch_timeout + 30):
-            if self.stop_event.is_set():
-                break
-            kind = event.get("type")
-            obj = event.get("object") or {}
-            if kind == "ERROR":
-                raise ApiException(status=obj.get("code"), reason=obj.get("reason") or
-                                   obj.get("message"))
-            version = (obj.get("metadata") or {}).get("resourceVersion") or version
-            if kind in ("ADDED", "MODIFIED", "DELETED"):
-                self.out.put(("event", self.kind, kind, obj))
+        Raises ApiException(410) when the version is too old.
+
+        The list function is called with ``watch=True`` and the response read line by line
+        as raw JSON (the client's ``iter_resp_lines``): no model objects are built, and an
+        ERROR event reaches us as the API sent it (Watch.stream(deserialize=False) fails on
+        those)."""
+        response = self.list_func(watch=True, resource_version=version,
+                                  timeout_seconds=self.watch_timeout,
+                                  allow_watch_bookmarks=True, _preload_content=False,
+                                  _request_timeout=self.watch_timeout + 30)
+        self._response = response
+        try:
+            for line in iter_resp_lines(response):
+                if self.stop_event.is_set():
+                    break
+                event = json.loads(line)
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    raise ApiException(status=obj.get("code"),
+                                       reason=obj.get("reason") or obj.get("message"))
+                version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self.out.put(("event", self.kind, kind, obj))
+        finally:
+            self._response = None
+            response.release_conn()
         return version

@@ -27,6 +27,7 @@ class DesiredState:
         self.services = {}      # (ns, name) -> Service
         self.endpoints = {}     # (ns, name) -> Endpoints
         self.slices = {}        # (ns, service name) -> {slice name: EndpointSlice}
+        self.slice_owner = {}   # (ns, slice name) -> service name it was filed under
         self.pods = {}          # (ns, name) -> Pod
         self.owned = {}         # owner -> {key: value}
         self.index = {}         # key -> {owner: value}
@@ -125,13 +126,24 @@ class DesiredState:
 
     def set_slice(self, obj):
         ns, service, slice_name = self._slice_service(obj)
+        changes = {}
+        previous = self.slice_owner.get((ns, slice_name))
+        if previous is not None and previous != service:
+            # The slice's service-name label changed: detach it from the old service.
+            old = {"metadata": {"namespace": ns, "name": slice_name,
+                                "labels": {SERVICE_LABEL: previous}}}
+            changes.update(self.delete_slice(old))
         if not service:
-            return {}
+            return changes
         self.slices.setdefault((ns, service), {})[slice_name] = obj
-        return self._service_changed(ns, service) if self.use_slices else {}
+        self.slice_owner[(ns, slice_name)] = service
+        if self.use_slices:
+            changes.update(self._service_changed(ns, service))
+        return changes
 
     def delete_slice(self, obj):
         ns, service, slice_name = self._slice_service(obj)
+        service = self.slice_owner.pop((ns, slice_name), service)
         slices = self.slices.get((ns, service))
         if slices is None:
             return {}
