@@ -38,12 +38,9 @@ class Reflector(threading.Thread):
         self._response = None
 
     def stop(self):
-        response = self._response
-        if response is not None:
-            try:
-                response.close()  # ends a watch blocked on the stream
-            except Exception:
-                pass
+        """Nothing to close: closing the response from another thread blocks in http.client
+        while this thread reads it. The thread is a daemon and sees stop_event on its next
+        event; the process exits without waiting for it."""
 
     def run(self):
         backoff = Backoff(0.5, 30.0)
