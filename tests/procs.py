@@ -268,3 +268,86 @@ class Upstream:
         for s in (self.udp, self.tcp):
             s.shutdown()
             s.server_close()
+
+
+class Kube2sky:
+    """The kube2sky command as a subprocess: health endpoints on 127.0.0.1, output to a log
+    file that survives restarts (``start()`` again after ``stop()`` appends to it)."""
+
+    def __init__(self, kube_url, etcd_url, *flags, underscore=False, healthz_port=None,
+                 env=None):
+        self.kube_url = kube_url
+        self.etcd_url = etcd_url
+        self.flags = list(flags)
+        self.underscore = underscore
+        self.healthz_port = healthz_port or free_port()
+        self.env = env or {}
+        self.proc = None
+        handle, self.logpath = tempfile.mkstemp(prefix="kube2sky-test-", suffix=".log")
+        os.close(handle)
+
+    def argv(self):
+        if self.underscore:
+            args = [f"-kube_master_url={self.kube_url}", f"-etcd_server={self.etcd_url}",
+                    f"-healthz_port={self.healthz_port}", "-healthz_addr=127.0.0.1"]
+        else:
+            args = [f"--kube-master-url={self.kube_url}", f"--etcd-server={self.etcd_url}",
+                    f"--healthz-port={self.healthz_port}", "--healthz-addr=127.0.0.1"]
+        return [sys.executable, "-m", "kube2sky", *args, *self.flags]
+
+    def start(self, wait_ready=True, timeout=30.0):
+        env = dict(os.environ, **self.env)
+        with open(self.logpath, "ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                         env=env)
+        try:
+            wait_for(self._listening, timeout=timeout, what="kube2sky health endpoints")
+            if wait_ready:
+                wait_for(lambda: self.readiness()[0] == 200, timeout=timeout,
+                         what="kube2sky readiness")
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"kube2sky exited with {self.proc.returncode}:\n"
+                               f"{self.output()[-3000:]}")
+        self._get("/healthz")
+        return True
+
+    def _get(self, path):
+        url = f"http://127.0.0.1:{self.healthz_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def readiness(self):
+        """(HTTP status, body) of /readiness."""
+        return self._get("/readiness")
+
+    def healthz(self):
+        """(HTTP status, body) of /healthz."""
+        return self._get("/healthz")
+
+    def output(self):
+        with open(self.logpath, errors="replace") as fh:
+            return fh.read()
+
+    def stop(self, timeout=3.0):
+        """SIGTERM by PID, SIGKILL after ``timeout`` s (a clean stop takes well under 1 s;
+        the tests that care about a clean exit check the exit themselves)."""
+        stop_process(self.proc, timeout=timeout)
+
+    def close(self):
+        self.stop()
+        try:
+            os.unlink(self.logpath)
+        except OSError:
+            pass

@@ -1,0 +1,1147 @@
+"""End-to-end tests of kube2sky with real processes: the Kubernetes API emulator (kubeemu,
+in this process), etcd, kube2sky and skydns (subprocesses, 127.0.0.1 only).
+
+Objects are created, changed and deleted through the official kubernetes client; answers
+are checked with dnspython against skydns, and etcd contents with etcdctl / etcd3. Expected
+etcd contents are written out by hand here from the record layout of the reference
+(``/work/shared/reference/kubernetes.md``); only the shared format functions
+(``encode_record``, ``encode_text``, ``fnv1a32_label``) come from skydns.
+
+Groups: one shared emulator with two stacks (etcd + skydns + kube2sky in the default
+EndpointSlice mode, and one with ``--endpoints-source=endpoints``), each test in its own
+namespace; tests that need exact etcd contents, restarts, a relist or outages get a fresh
+emulator and kube2sky on a spare etcd that is wiped first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import dns.rcode
+import dns.rdatatype
+import pytest
+from kubernetes import client
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from procs import BIN, Etcd, Kube2sky, Skydns, Upstream, wait_for  # noqa: E402
+from kubeemu import Emulator  # noqa: E402
+from skydns.record import encode_record, encode_text, fnv1a32_label  # noqa: E402
+
+BASE = "/skydns/local/cluster"
+MARKERS = "/kube2sky/keys"
+DOMAIN = "cluster.local"
+ETCDCTL = os.path.join(BIN, "etcdctl")
+
+
+# -- the expected records, written out from the reference's table -------------------------
+
+def val(host, port=0):
+    return encode_record(host, port=port, ttl=30)
+
+
+def lbl(ip):
+    return fnv1a32_label(val(ip))
+
+
+def ptr_key(ip):
+    assert ":" not in ip
+    return "/skydns/arpa/in-addr/" + "/".join(ip.split("."))
+
+
+def cluster_ip_keys(ns, name, ip, ports=()):
+    """ports: (name, number, protocol lower-case)."""
+    fqdn = f"{name}.{ns}.svc.{DOMAIN}."
+    keys = {f"{BASE}/svc/{ns}/{name}/{lbl(ip)}": val(ip), ptr_key(ip): val(fqdn)}
+    for pname, number, proto in ports:
+        keys[f"{BASE}/svc/{ns}/{name}/_{proto}/_{pname}/{lbl(ip)}"] = val(fqdn, number)
+    return keys
+
+
+def headless_keys(ns, name, endpoints, ports=()):
+    """endpoints: (ip, hostname or None) of ready addresses."""
+    keys = {}
+    for ip, hostname in endpoints:
+        label = hostname or lbl(ip)
+        target = f"{label}.{name}.{ns}.svc.{DOMAIN}."
+        keys[f"{BASE}/svc/{ns}/{name}/{label}"] = val(ip)
+        keys[ptr_key(ip)] = val(target)
+        for pname, number, proto in ports:
+            keys[f"{BASE}/svc/{ns}/{name}/_{proto}/_{pname}/{label}"] = val(target, number)
+    return keys
+
+
+def pod_keys(ns, ip):
+    return {f"{BASE}/pod/{ns}/{ip.replace('.', '-')}/{lbl(ip)}": val(ip)}
+
+
+def external_keys(ns, name, target):
+    return {f"{BASE}/svc/{ns}/{name}": val(target.rstrip(".") + ".")}
+
+
+# What every fresh emulator holds: default/kubernetes (10.96.0.1, https 443), dns-version.
+BASELINE = {**cluster_ip_keys("default", "kubernetes", "10.96.0.1", [("https", 443, "tcp")]),
+            f"{BASE}/dns-version": encode_text("1.1.0")}
+
+
+# -- etcd and DNS helpers ------------------------------------------------------------------
+
+def etcd_dump(etcd, prefix):
+    """{key: value} under ``prefix``, read with etcdctl."""
+    import base64
+    out = subprocess.run([ETCDCTL, f"--endpoints={etcd.url}", "get", "--prefix", prefix,
+                          "-w", "json"], capture_output=True, text=True, timeout=20,
+                         check=True).stdout
+    kvs = json.loads(out).get("kvs") or []
+    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+            for kv in kvs}
+
+
+def skydns_keys(etcd):
+    return etcd_dump(etcd, "/skydns/")
+
+
+def marker_keys(etcd):
+    return {k[len(MARKERS):]: v for k, v in etcd_dump(etcd, MARKERS + "/").items()}
+
+
+def wait_etcd_equals(etcd, expected, timeout=20.0, extra=None):
+    """Wait until everything under /skydns/ (minus ``extra`` foreign keys, which must be
+    there unchanged) equals ``expected``; the markers must name exactly these keys."""
+    extra = extra or {}
+    state = {}
+
+    def check():
+        state["actual"] = skydns_keys(etcd)
+        state["markers"] = marker_keys(etcd)
+        return state["actual"] == {**expected, **extra} and state["markers"] == expected
+    try:
+        wait_for(check, timeout=timeout, interval=0.1, what="etcd to equal the desired state")
+    except TimeoutError:
+        actual, markers = state.get("actual", {}), state.get("markers", {})
+        want = {**expected, **extra}
+        missing = {k: v for k, v in want.items() if actual.get(k) != v}
+        stale = {k: v for k, v in actual.items() if k not in want}
+        bad_markers = set(markers.items()) ^ set(expected.items())
+        raise AssertionError(f"etcd differs from the desired state:\nmissing/wrong: {missing}"
+                             f"\nstale: {stale}\nmarker differences: {bad_markers}") from None
+
+
+def answer(sky, name, rdtype="A"):
+    """(rcode text, sorted rdata texts of the answer records of type ``rdtype``)."""
+    response = sky.query(name, rdtype)
+    want = dns.rdatatype.from_text(rdtype)
+    data = sorted(rd.to_text() for rrset in response.answer if rrset.rdtype == want
+                  for rd in rrset)
+    return dns.rcode.to_text(response.rcode()), data
+
+
+def converge(sky, name, rdtype, expected, timeout=15.0):
+    """Wait until skydns answers ``name``/``rdtype`` with exactly ``expected`` (a list of
+    rdata texts: NOERROR) or, for ``expected == "NXDOMAIN"``, NXDOMAIN."""
+    seen = {}
+
+    def check():
+        rcode, data = answer(sky, name, rdtype)
+        seen["last"] = (rcode, data)
+        if expected == "NXDOMAIN":
+            return rcode == "NXDOMAIN"
+        return rcode == "NOERROR" and data == sorted(expected)
+    try:
+        wait_for(check, timeout=timeout, interval=0.05, what=f"{name} {rdtype}")
+    except TimeoutError:
+        raise AssertionError(f"{name} {rdtype}: wanted {expected}, last answer "
+                             f"{seen.get('last')}") from None
+
+
+def srv_targets(sky, name):
+    """SRV answers as sorted (port, target) pairs (priority/weight are skydns's business)."""
+    rcode, data = answer(sky, name, "SRV")
+    return rcode, sorted((int(d.split()[2]), d.split()[3]) for d in data)
+
+
+def converge_srv(sky, name, expected, timeout=15.0):
+    seen = {}
+
+    def check():
+        seen["last"] = srv_targets(sky, name)
+        return seen["last"] == ("NOERROR", sorted(expected))
+    try:
+        wait_for(check, timeout=timeout, interval=0.05, what=f"{name} SRV")
+    except TimeoutError:
+        raise AssertionError(f"{name} SRV: wanted {sorted(expected)}, last {seen}") from None
+
+
+def reverse(ip):
+    return ".".join(reversed(ip.split("."))) + ".in-addr.arpa."
+
+
+def svc_fqdn(name, ns):
+    return f"{name}.{ns}.svc.{DOMAIN}."
+
+
+# -- Kubernetes objects through the official client ----------------------------------------
+
+class Kube:
+    def __init__(self, url):
+        self.api = client.ApiClient(client.Configuration(host=url))
+        self.core = client.CoreV1Api(self.api)
+        self.discovery = client.DiscoveryV1Api(self.api)
+
+    def service(self, ns, name, ports=(), cluster_ip=None, **spec):
+        body = {"metadata": {"name": name}, "spec": {"ports": list(ports), **spec}}
+        if cluster_ip:
+            body["spec"]["clusterIP"] = cluster_ip
+        return self.core.create_namespaced_service(ns, body)
+
+    def headless(self, ns, name, ports=(), **spec):
+        return self.service(ns, name, ports, cluster_ip="None", **spec)
+
+    def endpoints(self, ns, name, ready=(), not_ready=(), ports=(), annotations=None,
+                  replace=False):
+        """ready/not_ready: (ip, hostname or None)."""
+        def addresses(items):
+            return [{"ip": ip, **({"hostname": h} if h else {})} for ip, h in items]
+        subset = {"addresses": addresses(ready), "ports": list(ports)}
+        if not_ready:
+            subset["notReadyAddresses"] = addresses(not_ready)
+        body = {"metadata": {"name": name, "annotations": annotations or {}},
+                "subsets": [subset] if (ready or not_ready) else []}
+        if replace:
+            return self.core.replace_namespaced_endpoints(name, ns, body)
+        return self.core.create_namespaced_endpoints(ns, body)
+
+    def set_ports(self, ns, name, ports):
+        """Replace a service's ports (a strategic merge patch would merge them by number)."""
+        return self.core.patch_namespaced_service(name, ns, [
+            {"op": "replace", "path": "/spec/ports", "value": list(ports)}])
+
+    def pod(self, ns, name, *ips):
+        self.core.create_namespaced_pod(ns, {
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "registry.invalid/app"}]}})
+        if ips:
+            self.pod_ips(ns, name, *ips)
+
+    def pod_ips(self, ns, name, *ips):
+        # a JSON patch: a strategic merge patch would merge podIPs by "ip"
+        self.core.patch_namespaced_pod_status(name, ns, [
+            {"op": "add", "path": "/status/phase", "value": "Running"},
+            {"op": "add", "path": "/status/podIP", "value": ips[0]},
+            {"op": "add", "path": "/status/podIPs", "value": [{"ip": ip} for ip in ips]}])
+
+    def slice(self, ns, name, service, endpoints, ports=(), address_type="IPv4"):
+        return self.discovery.create_namespaced_endpoint_slice(ns, {
+            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+            "addressType": address_type, "endpoints": endpoints, "ports": list(ports)})
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+class Stack:
+    def __init__(self, emu, etcd, upstream, sky, k2s):
+        self.emu, self.etcd, self.upstream, self.sky, self.k2s = emu, etcd, upstream, sky, k2s
+        self.kube = Kube(emu.url)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    server = Emulator(port=0).start()
+    yield server
+    server.stop()
+
+
+def _stack(emu, *flags):
+    """etcd, skydns and kube2sky. skydns forwards what it does not hold (reverse names of
+    addresses without a PTR record) to an upstream that knows nothing: NXDOMAIN."""
+    etcd = Etcd().start()
+    upstream = Upstream({})
+    sky = k2s = None
+    try:
+        sky = Skydns(etcd.url, f"-domain={DOMAIN}.", upstream=upstream.address).start()
+        k2s = Kube2sky(emu.url, etcd.url, *flags).start()
+        return Stack(emu, etcd, upstream, sky, k2s)
+    except Exception:
+        for proc in (k2s, sky, etcd, upstream):
+            if proc is not None:
+                proc.close()
+        raise
+
+
+def _close(stack):
+    assert stack.k2s.alive(), "kube2sky exited:\n" + stack.k2s.output()[-3000:]
+    stack.k2s.close()
+    stack.sky.close()
+    stack.etcd.close()
+    stack.upstream.close()
+
+
+@pytest.fixture(scope="module")
+def stack(emu):
+    """Shared: kube2sky in the default mode (auto: EndpointSlices, the emulator serves v1)."""
+    s = _stack(emu)
+    yield s
+    _close(s)
+
+
+@pytest.fixture(scope="module")
+def ep_stack(emu):
+    """Shared: kube2sky forced to v1 Endpoints."""
+    s = _stack(emu, "--endpoints-source=endpoints")
+    yield s
+    _close(s)
+
+
+@pytest.fixture(scope="module")
+def spare_etcd():
+    server = Etcd().start()
+    yield server
+    server.close()
+
+
+class Fresh:
+    """A fresh emulator and an emptied etcd; kube2sky/skydns started on demand."""
+
+    def __init__(self, etcd, history=1000):
+        self.etcd = etcd
+        self.emu = Emulator(port=0, history=history).start()
+        self.kube = Kube(self.emu.url)
+        self.procs = []
+        client_ = etcd.client()
+        try:
+            client_.delete_prefix("/skydns/")
+            client_.delete_prefix("/kube2sky/")
+        finally:
+            client_.close()
+
+    def kube2sky(self, *flags, start=True, **kwargs):
+        proc = Kube2sky(self.emu.url, self.etcd.url, *flags, **kwargs)
+        self.procs.append(proc)
+        return proc.start() if start else proc
+
+    def skydns(self):
+        upstream = Upstream({})
+        self.procs.append(upstream)
+        proc = Skydns(self.etcd.url, f"-domain={DOMAIN}.", upstream=upstream.address)
+        self.procs.append(proc)
+        return proc.start()
+
+    def close(self):
+        for proc in reversed(self.procs):
+            proc.close()
+        if self.emu is not None:
+            self.emu.stop()
+
+
+@pytest.fixture
+def fresh(spare_etcd):
+    made = []
+
+    def make(history=1000):
+        f = Fresh(spare_etcd, history)
+        made.append(f)
+        return f
+    yield make
+    for f in made:
+        f.close()
+    if spare_etcd.proc is None:       # a test stopped it and failed before restarting
+        spare_etcd.start()
+
+
+def force_relist(emu, mutate):
+    """Make every kube2sky watch fall behind the emulator's (small) history at once.
+
+    The changes in ``mutate(store)`` plus some filler changes are committed while the store
+    lock is held, so no watch can see them as events: each gets ERROR 410 Expired and must
+    relist to learn about them. (Going through HTTP cannot outrun a watch: the emulator
+    streams every event as it happens. And kube2sky sends timeoutSeconds, so the emulator's
+    watch_timeout never ends its watches early.) ``emu`` needs a history smaller than the
+    number of changes made here."""
+    store = emu.store
+    with store._cond:
+        mutate(store)
+        for i in range(store.history_size + 2):
+            store.patch("namespaces", None, "kube-public",
+                        {"metadata": {"annotations": {"e2e/filler": str(time.time()) + str(i)}}})
+
+
+def log_lines(k2s, *words):
+    return [line for line in k2s.output().splitlines() if all(w in line for w in words)]
+
+
+def relists(k2s):
+    """How many times kube2sky has listed services so far."""
+    return len(log_lines(k2s, "listed", " services at resourceVersion"))
+
+
+# -- 1. ClusterIP services -------------------------------------------------------------------
+
+def test_cluster_ip_service_a_srv_ptr_update_delete(stack):
+    ns, kube, sky = "e2e-cip", stack.kube, stack.sky
+    web = kube.service(ns, "web", [{"name": "http", "port": 80, "protocol": "TCP"},
+                                   {"name": "metrics", "port": 9090}])
+    ip = web.spec.cluster_ip
+    fqdn = svc_fqdn("web", ns)
+    converge(sky, fqdn, "A", [ip])
+    converge_srv(sky, f"_http._tcp.web.{ns}.svc.{DOMAIN}.", [(80, fqdn)])
+    converge_srv(sky, f"_metrics._tcp.web.{ns}.svc.{DOMAIN}.", [(9090, fqdn)])
+    converge(sky, reverse(ip), "PTR", [fqdn])
+
+    # New port numbers and protocols; the address stays.
+    kube.set_ports(ns, "web", [
+        {"name": "http", "port": 8080, "protocol": "TCP"},
+        {"name": "dns", "port": 53, "protocol": "UDP"}])
+    converge_srv(sky, f"_http._tcp.web.{ns}.svc.{DOMAIN}.", [(8080, fqdn)])
+    converge_srv(sky, f"_dns._udp.web.{ns}.svc.{DOMAIN}.", [(53, fqdn)])
+    converge(sky, f"_metrics._tcp.web.{ns}.svc.{DOMAIN}.", "SRV", "NXDOMAIN")
+    assert answer(sky, fqdn, "A") == ("NOERROR", [ip])
+
+    kube.core.delete_namespaced_service("web", ns)
+    for name, rdtype in ((fqdn, "A"), (f"_http._tcp.web.{ns}.svc.{DOMAIN}.", "SRV"),
+                         (reverse(ip), "PTR")):
+        converge(sky, name, rdtype, "NXDOMAIN")
+    assert not [k for k in skydns_keys(stack.etcd) if f"/svc/{ns}/" in k]
+    assert not [k for k in marker_keys(stack.etcd) if f"/svc/{ns}/" in k]
+
+
+# -- 2. headless services, endpoints, pods, ExternalName, dns-version ------------------------
+
+@pytest.mark.parametrize("mode", ["endpointslices", "endpoints"])
+def test_headless_service_from_endpoints(request, mode):
+    """v1 Endpoints objects; in the default mode kube2sky sees them through the emulator's
+    mirrored EndpointSlices, with --endpoints-source=endpoints it reads them directly."""
+    st = request.getfixturevalue("stack" if mode == "endpointslices" else "ep_stack")
+    ns, kube, sky = f"e2e-headless-{mode}", st.kube, st.sky
+    zone = f"db.{ns}.svc.{DOMAIN}."
+    kube.headless(ns, "db", [{"name": "pg", "port": 5432}])
+    kube.endpoints(ns, "db", ready=[("10.244.1.5", "pg-0"), ("10.244.2.7", None)],
+                   not_ready=[("10.244.3.9", "pg-2")], ports=[{"name": "pg", "port": 5432}])
+    hashed = lbl("10.244.2.7")
+    converge(sky, zone, "A", ["10.244.1.5", "10.244.2.7"])
+    converge(sky, f"pg-0.{zone}", "A", ["10.244.1.5"])
+    converge(sky, f"{hashed}.{zone}", "A", ["10.244.2.7"])
+    converge_srv(sky, f"_pg._tcp.{zone}", [(5432, f"pg-0.{zone}"), (5432, f"{hashed}.{zone}")])
+    converge(sky, reverse("10.244.1.5"), "PTR", [f"pg-0.{zone}"])
+    converge(sky, reverse("10.244.2.7"), "PTR", [f"{hashed}.{zone}"])
+    # not ready: not published
+    assert answer(sky, f"pg-2.{zone}", "A")[0] == "NXDOMAIN"
+    assert answer(sky, reverse("10.244.3.9"), "PTR")[0] == "NXDOMAIN"
+
+    # publishNotReadyAddresses publishes it
+    kube.core.patch_namespaced_service("db", ns, {"spec": {"publishNotReadyAddresses": True}})
+    converge(sky, f"pg-2.{zone}", "A", ["10.244.3.9"])
+    converge(sky, zone, "A", ["10.244.1.5", "10.244.2.7", "10.244.3.9"])
+    kube.core.patch_namespaced_service("db", ns, {"spec": {"publishNotReadyAddresses": False}})
+    converge(sky, f"pg-2.{zone}", "A", "NXDOMAIN")
+
+    # an address moves: the old one disappears, nothing else changes
+    kube.endpoints(ns, "db", ready=[("10.244.1.6", "pg-0"), ("10.244.2.7", None)],
+                   ports=[{"name": "pg", "port": 5432}], replace=True)
+    converge(sky, f"pg-0.{zone}", "A", ["10.244.1.6"])
+    converge(sky, zone, "A", ["10.244.1.6", "10.244.2.7"])
+    converge(sky, reverse("10.244.1.5"), "PTR", "NXDOMAIN")
+
+    # endpoints gone: the service has no addresses
+    kube.core.delete_namespaced_endpoints("db", ns)
+    converge(sky, zone, "A", "NXDOMAIN")
+    converge(sky, f"_pg._tcp.{zone}", "SRV", "NXDOMAIN")
+    kube.core.delete_namespaced_service("db", ns)
+
+
+def test_hostnames_map_annotation_in_endpoints_mode(ep_stack):
+    ns, kube, sky = "e2e-annotation", ep_stack.kube, ep_stack.sky
+    zone = f"old.{ns}.svc.{DOMAIN}."
+    kube.headless(ns, "old", [{"name": "http", "port": 80}])
+    kube.endpoints(ns, "old", ready=[("10.244.4.1", None), ("10.244.4.2", None)],
+                   ports=[{"name": "http", "port": 80}], annotations={
+                       "endpoints.beta.kubernetes.io/hostnames-map":
+                           json.dumps({"10.244.4.1": {"HostName": "web-0"}})})
+    converge(sky, f"web-0.{zone}", "A", ["10.244.4.1"])
+    converge(sky, zone, "A", ["10.244.4.1", "10.244.4.2"])
+    converge_srv(sky, f"_http._tcp.{zone}", [(80, f"web-0.{zone}"),
+                                              (80, f"{lbl('10.244.4.2')}.{zone}")])
+    converge(sky, reverse("10.244.4.1"), "PTR", [f"web-0.{zone}"])
+
+
+def test_endpoint_slices_written_directly(stack, ep_stack):
+    """Slices of one service are merged; conditions.ready missing means ready; an IPv6
+    slice gives AAAA; deleting one slice removes only its addresses. kube2sky forced to v1
+    Endpoints ignores the slices."""
+    ns, kube, sky = "e2e-slices", stack.kube, stack.sky
+    zone = f"cache.{ns}.svc.{DOMAIN}."
+    kube.headless(ns, "cache", [{"name": "redis", "port": 6379}])
+    ports = [{"name": "redis", "port": 6379, "protocol": "TCP"}]
+    kube.slice(ns, "cache-a", "cache", [
+        {"addresses": ["10.244.5.1"], "hostname": "r-0", "conditions": {"ready": True}},
+        {"addresses": ["10.244.5.2"]}], ports)
+    kube.slice(ns, "cache-b", "cache", [
+        {"addresses": ["10.244.6.1"], "conditions": {"serving": True}},
+        {"addresses": ["10.244.6.2"], "hostname": "r-9", "conditions": {"ready": False}}],
+        ports)
+    kube.slice(ns, "cache-v6", "cache", [
+        {"addresses": ["fd00:10:244::7"], "hostname": "r-6"}], ports, address_type="IPv6")
+    converge(sky, zone, "A", ["10.244.5.1", "10.244.5.2", "10.244.6.1"])
+    converge(sky, zone, "AAAA", ["fd00:10:244::7"])
+    converge(sky, f"r-0.{zone}", "A", ["10.244.5.1"])
+    converge(sky, f"r-6.{zone}", "AAAA", ["fd00:10:244::7"])
+    assert answer(sky, f"r-9.{zone}", "A")[0] == "NXDOMAIN"
+    converge(sky, "7.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa.",
+             "PTR", [f"r-6.{zone}"])
+    targets = {(6379, f"r-0.{zone}"), (6379, f"r-6.{zone}"),
+               (6379, f"{lbl('10.244.5.2')}.{zone}"), (6379, f"{lbl('10.244.6.1')}.{zone}")}
+    converge_srv(sky, f"_redis._tcp.{zone}", targets)
+
+    kube.discovery.delete_namespaced_endpoint_slice("cache-b", ns)
+    converge(sky, zone, "A", ["10.244.5.1", "10.244.5.2"])
+    converge(sky, zone, "AAAA", ["fd00:10:244::7"])
+    converge(sky, reverse("10.244.6.1"), "PTR", "NXDOMAIN")
+
+    # kube2sky forced to v1 Endpoints: there are none for this service.
+    assert answer(ep_stack.sky, zone, "A")[0] == "NXDOMAIN"
+    assert not [k for k in skydns_keys(ep_stack.etcd) if f"/svc/{ns}/cache/" in k]
+
+
+@pytest.mark.parametrize("mode", ["endpointslices", "endpoints"])
+def test_endpoints_before_their_service(request, mode):
+    """Endpoints seen before the Service are kept and used once the Service appears; the
+    Service deleted and created again gets them again."""
+    st = request.getfixturevalue("stack" if mode == "endpointslices" else "ep_stack")
+    ns, kube, sky = f"e2e-order-{mode}", st.kube, st.sky
+    zone = f"late.{ns}.svc.{DOMAIN}."
+    kube.endpoints(ns, "late", ready=[("10.244.8.1", "l-0")],
+                   ports=[{"name": "http", "port": 80}])
+    kube.service(ns, "marker", [{"name": "http", "port": 80}])
+    converge(sky, svc_fqdn("marker", ns), "A", [kube.core.read_namespaced_service(
+        "marker", ns).spec.cluster_ip])
+    assert answer(sky, zone, "A")[0] == "NXDOMAIN"
+    kube.headless(ns, "late", [{"name": "http", "port": 80}])
+    converge(sky, f"l-0.{zone}", "A", ["10.244.8.1"])
+    kube.core.delete_namespaced_service("late", ns)
+    converge(sky, zone, "A", "NXDOMAIN")
+    kube.headless(ns, "late", [{"name": "http", "port": 80}])
+    converge(sky, zone, "A", ["10.244.8.1"])
+    converge_srv(sky, f"_http._tcp.{zone}", [(80, f"l-0.{zone}")])
+
+
+def test_endpoint_slice_moved_to_another_service(stack):
+    """A slice relabelled to another service leaves the old one (regression: it used to
+    stay attached to both)."""
+    ns, kube, sky = "e2e-slice-move", stack.kube, stack.sky
+    ports = [{"name": "http", "port": 80}]
+    kube.headless(ns, "one", ports)
+    kube.headless(ns, "two", ports)
+    kube.slice(ns, "moving", "one", [{"addresses": ["10.244.9.1"]}], ports)
+    converge(sky, svc_fqdn("one", ns), "A", ["10.244.9.1"])
+    kube.discovery.patch_namespaced_endpoint_slice("moving", ns, {"metadata": {"labels": {
+        "kubernetes.io/service-name": "two"}}})
+    converge(sky, svc_fqdn("two", ns), "A", ["10.244.9.1"])
+    converge(sky, svc_fqdn("one", ns), "A", "NXDOMAIN", timeout=3)
+    # the label removed: the slice belongs to no service any more
+    kube.discovery.patch_namespaced_endpoint_slice("moving", ns, [
+        {"op": "remove", "path": "/metadata/labels/kubernetes.io~1service-name"}])
+    converge(sky, svc_fqdn("two", ns), "A", "NXDOMAIN", timeout=3)
+    converge(sky, reverse("10.244.9.1"), "PTR", "NXDOMAIN", timeout=3)
+
+
+def test_pod_records(stack):
+    ns, kube, sky = "e2e-pods", stack.kube, stack.sky
+    kube.pod(ns, "one", "10.244.7.7")
+    converge(sky, f"10-244-7-7.{ns}.pod.{DOMAIN}.", "A", ["10.244.7.7"])
+    kube.pod(ns, "dual", "10.244.7.8", "fd00:10:244::7:8")
+    converge(sky, f"10-244-7-8.{ns}.pod.{DOMAIN}.", "A", ["10.244.7.8"])
+    converge(sky, f"fd00-10-244--7-8.{ns}.pod.{DOMAIN}.", "AAAA", ["fd00:10:244::7:8"])
+    kube.pod(ns, "pending")          # no IP yet: no record, no harm
+    kube.pod_ips(ns, "pending", "10.244.7.9")
+    converge(sky, f"10-244-7-9.{ns}.pod.{DOMAIN}.", "A", ["10.244.7.9"])
+    # a new IP replaces the old record
+    kube.pod_ips(ns, "one", "10.244.7.17")
+    converge(sky, f"10-244-7-17.{ns}.pod.{DOMAIN}.", "A", ["10.244.7.17"])
+    converge(sky, f"10-244-7-7.{ns}.pod.{DOMAIN}.", "A", "NXDOMAIN")
+    kube.core.delete_namespaced_pod("dual", ns)
+    converge(sky, f"10-244-7-8.{ns}.pod.{DOMAIN}.", "A", "NXDOMAIN")
+    converge(sky, f"fd00-10-244--7-8.{ns}.pod.{DOMAIN}.", "AAAA", "NXDOMAIN")
+
+
+def test_external_name_cname(stack):
+    ns, kube, sky = "e2e-ext", stack.kube, stack.sky
+    kube.core.create_namespaced_service(ns, {"metadata": {"name": "ext"}, "spec": {
+        "type": "ExternalName", "externalName": "www.example.com"}})
+    name = svc_fqdn("ext", ns)
+    converge(sky, name, "CNAME", ["www.example.com."])
+    kube.core.patch_namespaced_service("ext", ns, {"spec": {"externalName": "db.example.org"}})
+    converge(sky, name, "CNAME", ["db.example.org."])
+    # ExternalName -> ClusterIP: the CNAME leaf goes, the address comes
+    changed = kube.core.patch_namespaced_service("ext", ns, [
+        {"op": "replace", "path": "/spec/type", "value": "ClusterIP"},
+        {"op": "remove", "path": "/spec/externalName"},
+        {"op": "add", "path": "/spec/ports", "value": [{"name": "http", "port": 80}]}])
+    ip = changed.spec.cluster_ip
+    converge(sky, name, "A", [ip])
+    converge(sky, name, "CNAME", [])
+    converge_srv(sky, f"_http._tcp.ext.{ns}.svc.{DOMAIN}.", [(80, name)])
+    assert f"{BASE}/svc/{ns}/ext" not in skydns_keys(stack.etcd)
+    kube.core.delete_namespaced_service("ext", ns)
+    converge(sky, name, "A", "NXDOMAIN")
+    converge(sky, reverse(ip), "PTR", "NXDOMAIN")
+
+
+def test_dual_stack_cluster_ips(stack):
+    ns, kube, sky = "e2e-dualstack", stack.kube, stack.sky
+    created = kube.core.create_namespaced_service(ns, {"metadata": {"name": "ds"}, "spec": {
+        "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"],
+        "clusterIPs": ["10.96.30.1", "fd00:96::30:1"], "ports": [{"name": "http", "port": 80}]}})
+    converge(sky, svc_fqdn("ds", ns), "A", ["10.96.30.1"])
+    if len(created.spec.cluster_ips or []) < 2:
+        pytest.skip("the emulator keeps only the IPv4 clusterIP (got "
+                    f"{created.spec.cluster_ips}); dual-stack services are covered by the "
+                    "unit tests")
+    converge(sky, svc_fqdn("ds", ns), "AAAA", ["fd00:96::30:1"])
+
+
+def test_dns_version_txt(stack):
+    converge(stack.sky, f"dns-version.{DOMAIN}.", "TXT", ['"1.1.0"'])
+
+
+# -- 3. exact etcd contents ------------------------------------------------------------------
+
+def scenario_one(kube, ns):
+    kube.service(ns, "web", [{"name": "http", "port": 80}, {"port": 8080, "name": "alt"}],
+                 cluster_ip="10.96.10.10")
+    kube.service(ns, "plain", [{"port": 81}], cluster_ip="10.96.10.11")   # unnamed: no SRV
+    kube.headless(ns, "db", [{"name": "pg", "port": 5432}])
+    kube.endpoints(ns, "db", ready=[("10.244.1.5", "pg-0"), ("10.244.2.7", None)],
+                   not_ready=[("10.244.3.9", "pg-2")], ports=[{"name": "pg", "port": 5432}])
+    kube.core.create_namespaced_service(ns, {"metadata": {"name": "ext"}, "spec": {
+        "type": "ExternalName", "externalName": "www.example.com."}})
+    kube.pod(ns, "p1", "10.244.9.9")
+    kube.pod(ns, "p-pending")
+    return {**BASELINE,
+            **cluster_ip_keys(ns, "web", "10.96.10.10", [("http", 80, "tcp"),
+                                                         ("alt", 8080, "tcp")]),
+            **cluster_ip_keys(ns, "plain", "10.96.10.11"),
+            **headless_keys(ns, "db", [("10.244.1.5", "pg-0"), ("10.244.2.7", None)],
+                            [("pg", 5432, "tcp")]),
+            **external_keys(ns, "ext", "www.example.com"),
+            **pod_keys(ns, "10.244.9.9")}
+
+
+def test_etcd_holds_exactly_the_desired_records(fresh):
+    f = fresh()
+    expected = scenario_one(f.kube, "exact")
+    # a hand-checked sample of the layout (reference check value for a 10.0.0.1 host aside)
+    assert expected[f"{BASE}/svc/exact/web/_tcp/_http/{lbl('10.96.10.10')}"] == (
+        '{"host":"web.exact.svc.cluster.local.","port":80,"priority":10,"weight":10,'
+        '"ttl":30,"targetstrip":0}')
+    assert expected["/skydns/arpa/in-addr/10/244/1/5"] == (
+        '{"host":"pg-0.db.exact.svc.cluster.local.","priority":10,"weight":10,"ttl":30,'
+        '"targetstrip":0}')
+    f.kube2sky()
+    wait_etcd_equals(f.etcd, expected)
+
+
+# -- 4. relist and restart -------------------------------------------------------------------
+
+def test_relist_after_410_makes_etcd_exact(fresh):
+    f = fresh(history=5)
+    kube, ns = f.kube, "relist"
+    k2s = f.kube2sky()
+    kube.service(ns, "a", [{"name": "http", "port": 80}], cluster_ip="10.96.20.1")
+    kube.service(ns, "b", [{"name": "http", "port": 80}], cluster_ip="10.96.20.2")
+    kube.headless(ns, "h", [{"name": "pg", "port": 5432}])
+    kube.endpoints(ns, "h", ready=[("10.244.20.1", "h-0"), ("10.244.20.2", None)],
+                   ports=[{"name": "pg", "port": 5432}])
+    kube.pod(ns, "p1", "10.244.21.1")
+    kube.pod(ns, "p2", "10.244.21.2")
+    wait_etcd_equals(f.etcd, {
+        **BASELINE,
+        **cluster_ip_keys(ns, "a", "10.96.20.1", [("http", 80, "tcp")]),
+        **cluster_ip_keys(ns, "b", "10.96.20.2", [("http", 80, "tcp")]),
+        **headless_keys(ns, "h", [("10.244.20.1", "h-0"), ("10.244.20.2", None)],
+                        [("pg", 5432, "tcp")]),
+        **pod_keys(ns, "10.244.21.1"), **pod_keys(ns, "10.244.21.2")})
+    # seen as a watch event
+    kube.set_ports(ns, "a", [
+        {"name": "http", "port": 8080}])
+    before = relists(k2s)
+
+    def churn(store):   # never seen as events: only a relist can find these
+        store.delete("services", ns, "b")
+        store.delete("pods", ns, "p1")
+        store.update("endpoints", {"metadata": {"name": "h", "namespace": ns}, "subsets": [{
+            "addresses": [{"ip": "10.244.20.3", "hostname": "h-0"}],
+            "ports": [{"name": "pg", "port": 5432}]}]}, ns)
+        store.create("services", {"metadata": {"name": "c"}, "spec": {
+            "clusterIP": "10.96.20.3", "ports": [{"name": "dns", "port": 53,
+                                                  "protocol": "UDP"}]}}, ns)
+        store.create("pods", {"metadata": {"name": "p3"}, "spec": {"containers": [
+            {"name": "c", "image": "x"}]}, "status": {"podIP": "10.244.21.3"}}, ns)
+    force_relist(f.emu, churn)
+    wait_for(lambda: relists(k2s) > before, timeout=15, what="kube2sky to relist")
+    assert log_lines(k2s, "410"), k2s.output()[-2000:]
+    wait_etcd_equals(f.etcd, {
+        **BASELINE,
+        **cluster_ip_keys(ns, "a", "10.96.20.1", [("http", 8080, "tcp")]),
+        **cluster_ip_keys(ns, "c", "10.96.20.3", [("dns", 53, "udp")]),
+        **headless_keys(ns, "h", [("10.244.20.3", "h-0")], [("pg", 5432, "tcp")]),
+        **pod_keys(ns, "10.244.21.2"), **pod_keys(ns, "10.244.21.3")})
+    assert k2s.readiness()[0] == 200 and k2s.alive()
+
+
+def test_410_is_reported_as_an_expired_resource_version(fresh):
+    """ERROR 410 on a watch is a relist, not a failure (regression: the client's
+    Watch.stream(deserialize=False) raised KeyError 'raw_object' on ERROR events)."""
+    f = fresh(history=5)
+    k2s = f.kube2sky()
+    f.kube.service("gone", "a", [{"name": "http", "port": 80}], cluster_ip="10.96.21.1")
+    wait_etcd_equals(f.etcd, {**BASELINE, **cluster_ip_keys("gone", "a", "10.96.21.1",
+                                                            [("http", 80, "tcp")])})
+    before = relists(k2s)
+    force_relist(f.emu, lambda store: store.delete("services", "gone", "a"))
+    wait_for(lambda: relists(k2s) > before, timeout=15, what="kube2sky to relist")
+    wait_etcd_equals(f.etcd, BASELINE)
+    lines = [line for line in k2s.output().splitlines() if "reflector" in line
+             and ("410" in line or "failed" in line)]
+    assert lines and all("410" in line for line in lines), lines
+    assert not log_lines(k2s, "KeyError")
+
+
+def test_restart_makes_etcd_exact(fresh):
+    f = fresh()
+    kube, ns = f.kube, "restart"
+    expected = scenario_one(kube, ns)
+    k2s = f.kube2sky()
+    wait_etcd_equals(f.etcd, expected)
+    k2s.stop()
+    # while kube2sky is down
+    kube.core.delete_namespaced_service("plain", ns)
+    kube.core.delete_namespaced_pod("p1", ns)
+    kube.pod_ips(ns, "p-pending", "10.244.9.10")
+    kube.endpoints(ns, "db", ready=[("10.244.1.5", "pg-0"), ("10.244.2.8", None)],
+                   ports=[{"name": "pg", "port": 5433}], replace=True)
+    kube.set_ports(ns, "web", [
+        {"name": "http", "port": 80}])
+    kube.service(ns, "new", [{"name": "grpc", "port": 9000}], cluster_ip="10.96.10.12")
+    kube.core.patch_namespaced_service("ext", ns, {"spec": {"externalName": "other.example."}})
+    many = {}     # enough keys for several etcd transactions (64 keys + markers each)
+    for i in range(40):
+        kube.service(ns, f"bulk{i}", [{"name": "http", "port": 80}],
+                     cluster_ip=f"10.96.11.{i + 1}")
+        many.update(cluster_ip_keys(ns, f"bulk{i}", f"10.96.11.{i + 1}",
+                                    [("http", 80, "tcp")]))
+    k2s.start()
+    assert k2s.readiness()[0] == 200
+    wait_etcd_equals(f.etcd, {
+        **BASELINE, **many,
+        **cluster_ip_keys(ns, "web", "10.96.10.10", [("http", 80, "tcp")]),
+        **cluster_ip_keys(ns, "new", "10.96.10.12", [("grpc", 9000, "tcp")]),
+        **headless_keys(ns, "db", [("10.244.1.5", "pg-0"), ("10.244.2.8", None)],
+                        [("pg", 5433, "tcp")]),
+        **external_keys(ns, "ext", "other.example"),
+        **pod_keys(ns, "10.244.9.10")})
+
+
+# -- 5. ownership ----------------------------------------------------------------------------
+
+def test_keys_of_other_writers_survive_reconcile_and_restart(fresh):
+    f = fresh()
+    ns = "owners"
+    foreign = {
+        f"{BASE}/svc/default/manual/x": val("192.0.2.1"),
+        # looks like kube2sky's (a service's hash leaf, a PTR, a pod) but carries no marker
+        f"{BASE}/svc/{ns}/gone/{lbl('10.96.40.9')}": val("10.96.40.9"),
+        f"{BASE}/svc/{ns}/web/manual": val("192.0.2.2"),
+        ptr_key("10.96.40.8"): val(f"gone.{ns}.svc.{DOMAIN}."),
+        f"{BASE}/pod/{ns}/10-244-40-1/{lbl('10.244.40.1')}": val("10.244.40.1"),
+        "/skydns/local/other/x": val("192.0.2.3"),
+    }
+    etcd = f.etcd.client()
+    try:
+        for key, value in foreign.items():
+            etcd.put(key, value)
+    finally:
+        etcd.close()
+    k2s = f.kube2sky()
+    f.kube.service(ns, "web", [{"name": "http", "port": 80}], cluster_ip="10.96.40.1")
+    web = cluster_ip_keys(ns, "web", "10.96.40.1", [("http", 80, "tcp")])
+    wait_etcd_equals(f.etcd, {**BASELINE, **web}, extra=foreign)
+    f.kube.core.delete_namespaced_service("web", ns)
+    wait_etcd_equals(f.etcd, BASELINE, extra=foreign)
+    k2s.stop()
+    k2s.start()
+    time.sleep(0.5)   # the reconcile after the first sync would have deleted them by now
+    wait_etcd_equals(f.etcd, BASELINE, extra=foreign)
+
+
+# -- 6. shared owners ------------------------------------------------------------------------
+
+def test_two_host_network_pods_share_one_record(stack):
+    ns, kube, sky = "e2e-hostnet", stack.kube, stack.sky
+    name = f"10-244-66-6.{ns}.pod.{DOMAIN}."
+    kube.pod(ns, "agent-a", "10.244.66.6")
+    kube.pod(ns, "agent-b", "10.244.66.6")
+    converge(sky, name, "A", ["10.244.66.6"])
+    kube.core.delete_namespaced_pod("agent-a", ns)
+    # pod events are handled in order: once a later pod shows up, the delete was handled
+    kube.pod(ns, "sentinel", "10.244.66.7")
+    converge(sky, f"10-244-66-7.{ns}.pod.{DOMAIN}.", "A", ["10.244.66.7"])
+    assert answer(sky, name, "A") == ("NOERROR", ["10.244.66.6"])
+    assert len([k for k in skydns_keys(stack.etcd) if f"/pod/{ns}/10-244-66-6/" in k]) == 1
+    kube.core.delete_namespaced_pod("agent-b", ns)
+    converge(sky, name, "A", "NXDOMAIN")
+
+
+def test_duplicate_endpoint_hostnames(stack):
+    """Two addresses with one hostname: the name resolves while either exists."""
+    ns, kube, sky = "e2e-duphost", stack.kube, stack.sky
+    zone = f"db.{ns}.svc.{DOMAIN}."
+    kube.headless(ns, "db", [{"name": "pg", "port": 5432}])
+    kube.endpoints(ns, "db", ready=[("10.244.67.2", "dup"), ("10.244.67.1", "dup")],
+                   ports=[{"name": "pg", "port": 5432}])
+    converge(sky, zone, "A", ["10.244.67.1", "10.244.67.2"])
+    first = answer(sky, f"dup.{zone}", "A")
+    assert first[0] == "NOERROR" and first[1] in (["10.244.67.1"], ["10.244.67.2"],
+                                                   ["10.244.67.1", "10.244.67.2"])
+    keep = "10.244.67.2" if first[1] == ["10.244.67.1"] else "10.244.67.1"
+    kube.endpoints(ns, "db", ready=[(keep, "dup")], ports=[{"name": "pg", "port": 5432}],
+                   replace=True)
+    converge(sky, f"dup.{zone}", "A", [keep])
+    converge(sky, zone, "A", [keep])
+    converge_srv(sky, f"_pg._tcp.{zone}", [(5432, f"dup.{zone}")])
+    kube.core.delete_namespaced_endpoints("db", ns)
+    converge(sky, f"dup.{zone}", "A", "NXDOMAIN")
+
+
+def test_ptr_for_an_ip_in_two_headless_services_is_deterministic(fresh):
+    """One IP in two headless services: the PTR names the same one whatever the creation
+    order, after a restart too; the other takes over when it goes. Both orders run on a
+    fresh kube2sky, each with its own namespace and IP."""
+    f = fresh()
+    k2s = f.kube2sky()
+    sky = f.skydns()
+    runs = [(("alpha", "beta"), "shared-ip-1", "10.244.50.5"),
+            (("beta", "alpha"), "shared-ip-2", "10.244.50.6")]
+    for order, ns, ip in runs:
+        for name in order:
+            f.kube.headless(ns, name, [{"name": "http", "port": 80}])
+            f.kube.endpoints(ns, name, ready=[(ip, None)], ports=[{"name": "http", "port": 80}])
+    winners = {}
+    for order, ns, ip in runs:
+        for name in order:
+            converge(sky, svc_fqdn(name, ns), "A", [ip])
+        rcode, data = answer(sky, reverse(ip), "PTR")
+        assert rcode == "NOERROR" and len(data) == 1, (rcode, data)
+        winners[order] = data[0].split(".")[1]
+    assert winners[("alpha", "beta")] == winners[("beta", "alpha")], winners
+    winner = winners[("alpha", "beta")]
+    other = "beta" if winner == "alpha" else "alpha"
+
+    def ptr(name, ns, ip):
+        return [f"{lbl(ip)}.{name}.{ns}.svc.{DOMAIN}."]
+    # the same after a restart (state rebuilt from lists)
+    k2s.stop()
+    k2s.start()
+    for _, ns, ip in runs:
+        converge(sky, reverse(ip), "PTR", ptr(winner, ns, ip))
+    # the other owner takes over when the winner goes; the PTR goes with the last one
+    for _, ns, ip in runs:
+        f.kube.core.delete_namespaced_service(winner, ns)
+        converge(sky, reverse(ip), "PTR", ptr(other, ns, ip))
+        f.kube.core.delete_namespaced_endpoints(other, ns)
+        converge(sky, reverse(ip), "PTR", "NXDOMAIN")
+
+
+# -- 7. an unchanged service never answers NXDOMAIN ------------------------------------------
+
+class Prober(threading.Thread):
+    def __init__(self, sky, name, max_queries=40000, max_seconds=60.0, interval=0.003):
+        super().__init__(daemon=True)
+        self.sky, self.name = sky, name
+        self.max_queries, self.max_seconds, self.interval = max_queries, max_seconds, interval
+        self.done = threading.Event()
+        self.results = []
+
+    def run(self):
+        deadline = time.monotonic() + self.max_seconds
+        while (not self.done.is_set() and len(self.results) < self.max_queries
+               and time.monotonic() < deadline):
+            try:
+                self.results.append(answer(self.sky, self.name, "A"))
+            except Exception as exc:   # a timeout is a failure too
+                self.results.append((f"error {exc.__class__.__name__}", []))
+            time.sleep(self.interval)
+
+    def stop(self):
+        self.done.set()
+        self.join(10)
+
+
+def test_unchanged_service_never_nxdomain_while_neighbours_churn(fresh):
+    f = fresh(history=5)
+    kube, ns = f.kube, "churn"
+    k2s = f.kube2sky()
+    sky = f.skydns()
+    stable = kube.service(ns, "stable", [{"name": "http", "port": 80}])
+    ip = stable.spec.cluster_ip
+    kube.headless(ns, "stable-db", [{"name": "pg", "port": 5432}])
+    kube.endpoints(ns, "stable-db", ready=[("10.244.81.1", "db-0"), ("10.244.81.2", None)],
+                   ports=[{"name": "pg", "port": 5432}])
+    converge(sky, svc_fqdn("stable", ns), "A", [ip])
+    converge(sky, svc_fqdn("stable-db", ns), "A", ["10.244.81.1", "10.244.81.2"])
+    prober = Prober(sky, svc_fqdn("stable", ns))
+    prober_db = Prober(sky, f"db-0.stable-db.{ns}.svc.{DOMAIN}.", interval=0.01)
+    prober.start()
+    prober_db.start()
+    try:
+        for round_ in range(2):
+            for i in range(5):
+                kube.service(ns, f"n{i}", [{"name": "http", "port": 80 + round_}])
+                kube.headless("churn", f"h{i}", [{"name": "pg", "port": 5432}])
+                kube.endpoints(ns, f"h{i}", ready=[(f"10.244.80.{i + 1}", None)],
+                               ports=[{"name": "pg", "port": 5432}])
+            for i in range(5):
+                kube.set_ports(ns, f"n{i}", [
+                    {"name": "https", "port": 443}])
+                kube.core.delete_namespaced_service(f"n{i}", ns)
+                kube.core.delete_namespaced_service(f"h{i}", ns)
+                kube.core.delete_namespaced_endpoints(f"h{i}", ns)
+        # the stable service is also re-written without change (a resync-like update)
+        kube.core.patch_namespaced_service("stable", ns, {"metadata": {"labels": {"x": "y"}}})
+        before = relists(k2s)
+        force_relist(f.emu, lambda store: store.create("services", {
+            "metadata": {"name": "late"}, "spec": {"ports": [{"port": 1}]}}, ns))
+        wait_for(lambda: relists(k2s) > before, timeout=15, what="a relist")
+        converge(sky, svc_fqdn("late", ns), "A", [f.kube.core.read_namespaced_service(
+            "late", ns).spec.cluster_ip])
+        k2s.stop()
+        kube.service(ns, "while-down", [{"name": "http", "port": 80}])
+        k2s.start()
+        converge(sky, svc_fqdn("while-down", ns), "A", [f.kube.core.read_namespaced_service(
+            "while-down", ns).spec.cluster_ip])
+        time.sleep(0.3)
+    finally:
+        prober.stop()
+        prober_db.stop()
+    for probe, want in ((prober, [ip]), (prober_db, ["10.244.81.1"])):
+        results = probe.results
+        assert len(results) > 100, f"only {len(results)} probes of {probe.name}"
+        bad = [r for r in results if r != ("NOERROR", want)]
+        assert not bad, (f"{len(bad)} of {len(results)} answers for {probe.name} were "
+                         f"wrong, e.g. {bad[:5]}")
+
+
+# -- 8. etcd down ----------------------------------------------------------------------------
+
+def test_etcd_down_keeps_changes_and_reports_not_ready(fresh):
+    f = fresh()
+    kube, ns, etcd = f.kube, "etcd-down", f.etcd
+    kube.service(ns, "old", [{"name": "http", "port": 80}], cluster_ip="10.96.60.1")
+    k2s = f.kube2sky("--etcd-mutation-timeout=2s")
+    old = cluster_ip_keys(ns, "old", "10.96.60.1", [("http", 80, "tcp")])
+    wait_etcd_equals(etcd, {**BASELINE, **old})
+    etcd.stop()
+    try:
+        kube.service(ns, "new", [{"name": "http", "port": 80}], cluster_ip="10.96.60.2")
+        kube.core.delete_namespaced_service("old", ns)
+        wait_for(lambda: k2s.readiness()[0] == 503, timeout=20, what="readiness 503")
+        status, body = k2s.readiness()
+        assert "etcd" in body, body
+        time.sleep(1.5)   # a while of failed writes: it must not give up
+        assert k2s.alive(), k2s.output()[-2000:]
+        assert k2s.healthz()[0] == 200
+        assert k2s.readiness()[0] == 503
+    finally:
+        etcd.start()
+    wait_etcd_equals(etcd, {**BASELINE, **cluster_ip_keys(ns, "new", "10.96.60.2",
+                                                          [("http", 80, "tcp")])}, timeout=30)
+    wait_for(lambda: k2s.readiness()[0] == 200, timeout=20, what="readiness 200 again")
+    assert log_lines(k2s, "etcd write failed")
+    assert k2s.alive()
+
+
+def test_start_while_etcd_is_down(fresh):
+    f = fresh()
+    f.kube.service("etcd-late", "web", [{"name": "http", "port": 80}], cluster_ip="10.96.61.1")
+    f.etcd.stop()
+    try:
+        k2s = f.kube2sky(start=False)
+        k2s.start(wait_ready=False)
+        wait_for(lambda: "etcd" in k2s.readiness()[1], timeout=20, what="the etcd reason")
+        assert k2s.readiness()[0] == 503
+        time.sleep(1.5)
+        assert k2s.alive() and k2s.healthz()[0] == 200
+    finally:
+        f.etcd.start()
+    wait_for(lambda: k2s.readiness()[0] == 200, timeout=30, what="readiness after etcd is up")
+    wait_etcd_equals(f.etcd, {**BASELINE, **cluster_ip_keys("etcd-late", "web", "10.96.61.1",
+                                                            [("http", 80, "tcp")])})
+
+
+def test_not_ready_until_the_first_sync(fresh):
+    """The API is unreachable at start: kube2sky runs, is live, and is not ready until it
+    has listed everything and written it."""
+    f = fresh()
+    port = f.emu.port
+    f.emu.stop()
+    f.emu = None
+    k2s = Kube2sky(f"http://127.0.0.1:{port}", f.etcd.url, "--endpoints-source=endpoints")
+    f.procs.append(k2s)
+    k2s.start(wait_ready=False)
+    time.sleep(1.5)
+    status, body = k2s.readiness()
+    assert status == 503 and "not listed yet" in body, body
+    assert k2s.alive() and k2s.healthz()[0] == 200
+    assert not skydns_keys(f.etcd)
+    f.emu = Emulator(port=port).start()
+    Kube(f.emu.url).service("api-late", "web", [{"name": "http", "port": 80}],
+                            cluster_ip="10.96.62.1")
+    wait_for(lambda: k2s.readiness()[0] == 200, timeout=45, what="readiness")
+    wait_etcd_equals(f.etcd, {**BASELINE, **cluster_ip_keys("api-late", "web", "10.96.62.1",
+                                                            [("http", 80, "tcp")])})
+
+
+def test_auto_mode_chooses_slices_when_the_api_comes_up_late(fresh):
+    """--endpoints-source=auto with the API down at start waits for discovery (regression:
+    it settled on v1 Endpoints for good)."""
+    f = fresh()
+    port = f.emu.port
+    f.emu.stop()
+    f.emu = None
+    k2s = Kube2sky(f"http://127.0.0.1:{port}", f.etcd.url)
+    f.procs.append(k2s)
+    k2s.start(wait_ready=False)
+    time.sleep(1)
+    f.emu = Emulator(port=port).start()
+    kube = Kube(f.emu.url)
+    kube.headless("auto-late", "db", [{"name": "pg", "port": 5432}])
+    kube.slice("auto-late", "db-1", "db", [{"addresses": ["10.244.63.1"], "hostname": "a"}],
+               [{"name": "pg", "port": 5432}])
+    wait_for(lambda: k2s.readiness()[0] == 200, timeout=45, what="readiness")
+    wait_etcd_equals(f.etcd, {**BASELINE, **headless_keys(
+        "auto-late", "db", [("10.244.63.1", "a")], [("pg", 5432, "tcp")])}, timeout=3)
+
+
+# -- 9. odd objects and an API outage --------------------------------------------------------
+
+def test_odd_objects_are_skipped_with_one_log_line(stack):
+    ns, kube, sky, k2s = "e2e-odd", stack.kube, stack.sky, stack.k2s
+    # headless service without ports: addresses, no SRV
+    kube.headless(ns, "noports")
+    kube.endpoints(ns, "noports", ready=[("10.244.70.1", None)])
+    # a slice with a bad IP next to a good one (the API does not check slice addresses)
+    kube.headless(ns, "badip", [{"name": "http", "port": 80}])
+    kube.slice(ns, "badip-x", "badip", [{"addresses": ["10.244.70.300"]},
+                                        {"addresses": ["10.244.70.2"]}],
+               [{"name": "http", "port": 80}])
+    # a pod without an IP and one with a bad IP
+    kube.pod(ns, "noip")
+    kube.pod(ns, "badpod")
+    kube.core.patch_namespaced_pod_status("badpod", ns, {"status": {"podIP": "not-an-ip"}})
+    # a slice without the service label, and one with a port without a number
+    kube.discovery.create_namespaced_endpoint_slice(ns, {
+        "metadata": {"name": "orphan"}, "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.70.9"]}]})
+    # afterwards a normal service must still work
+    kube.service(ns, "fine", [{"name": "http", "port": 80}], cluster_ip="10.96.70.1")
+    converge(sky, svc_fqdn("fine", ns), "A", ["10.96.70.1"])
+    converge(sky, svc_fqdn("noports", ns), "A", ["10.244.70.1"])
+    converge(sky, svc_fqdn("badip", ns), "A", ["10.244.70.2"])
+    assert answer(sky, f"not-an-ip.{ns}.pod.{DOMAIN}.", "A")[0] == "NXDOMAIN"
+    assert k2s.alive() and k2s.healthz()[0] == 200 and k2s.readiness()[0] == 200
+
+    bad_ip = log_lines(k2s, f"{ns}/badip", "10.244.70.300")
+    bad_pod = log_lines(k2s, f"{ns}/badpod", "not-an-ip")
+    assert len(bad_ip) == 1, bad_ip
+    assert len(bad_pod) == 1, bad_pod
+    # a change that leaves the problem as it is logs nothing new
+    kube.core.patch_namespaced_service("badip", ns, {"metadata": {"labels": {"a": "b"}}})
+    kube.core.patch_namespaced_pod("badpod", ns, {"metadata": {"labels": {"a": "b"}}})
+    kube.service(ns, "fine2", [{"name": "http", "port": 80}], cluster_ip="10.96.70.2")
+    converge(sky, svc_fqdn("fine2", ns), "A", ["10.96.70.2"])
+    assert len(log_lines(k2s, f"{ns}/badip", "10.244.70.300")) == 1
+    assert len(log_lines(k2s, f"{ns}/badpod", "not-an-ip")) == 1
+
+
+def test_fqdn_endpoint_slice_is_skipped_with_one_log_line(stack):
+    ns, kube, sky, k2s = "e2e-fqdn", stack.kube, stack.sky, stack.k2s
+    kube.headless(ns, "mixed", [{"name": "http", "port": 80}])
+    kube.slice(ns, "mixed-fqdn", "mixed", [{"addresses": ["backend.example.com"]}],
+               [{"name": "http", "port": 80}], address_type="FQDN")
+    kube.slice(ns, "mixed-v4", "mixed", [{"addresses": ["10.244.71.1"]}],
+               [{"name": "http", "port": 80}])
+    converge(sky, svc_fqdn("mixed", ns), "A", ["10.244.71.1"])
+    assert k2s.alive()
+    assert len(log_lines(k2s, "mixed-fqdn")) == 1, log_lines(k2s, ns)
+    # the service changes, the problem does not: no new line
+    kube.slice(ns, "mixed-v4b", "mixed", [{"addresses": ["10.244.71.2"]}],
+               [{"name": "http", "port": 80}])
+    converge(sky, svc_fqdn("mixed", ns), "A", ["10.244.71.1", "10.244.71.2"])
+    assert len(log_lines(k2s, "mixed-fqdn")) == 1, log_lines(k2s, ns)
+    assert not [k for k in skydns_keys(stack.etcd) if "backend" in k]
+
+
+def test_api_server_outage_then_relist(fresh):
+    f = fresh()
+    kube, ns = f.kube, "api-down"
+    kube.service(ns, "before", [{"name": "http", "port": 80}], cluster_ip="10.96.90.1")
+    k2s = f.kube2sky()
+    wait_etcd_equals(f.etcd, {**BASELINE, **cluster_ip_keys(ns, "before", "10.96.90.1",
+                                                            [("http", 80, "tcp")])})
+    port = f.emu.port
+    f.emu.stop()
+    f.emu = None
+    time.sleep(1)
+    assert k2s.alive(), k2s.output()[-2000:]
+    assert k2s.healthz()[0] == 200
+    # the API comes back (a new emulator on the same port, with different objects)
+    f.emu = Emulator(port=port).start()
+    Kube(f.emu.url).service(ns, "after", [{"name": "http", "port": 80}],
+                            cluster_ip="10.96.90.2")
+    wait_etcd_equals(f.etcd, {**BASELINE, **cluster_ip_keys(ns, "after", "10.96.90.2",
+                                                            [("http", 80, "tcp")])}, timeout=45)
+    assert log_lines(k2s, "list/watch failed")
+    assert k2s.alive() and k2s.healthz()[0] == 200
+
+
+# -- 10. flags -------------------------------------------------------------------------------
+
+def test_underscore_flag_spelling(fresh):
+    f = fresh()
+    f.kube.service("flags", "web", [{"name": "http", "port": 80}], cluster_ip="10.96.95.1")
+    f.kube.pod("flags", "p", "10.244.95.1")
+    k2s = f.kube2sky("-endpoints_source=endpoints", "-etcd_mutation_timeout=5s",
+                     "-pod_records=false", underscore=True)
+    assert "-kube_master_url=" in " ".join(k2s.argv())
+    wait_etcd_equals(f.etcd, {**BASELINE, **cluster_ip_keys("flags", "web", "10.96.95.1",
+                                                            [("http", 80, "tcp")])})
+    assert log_lines(k2s, "endpoint data from v1 Endpoints")
+
+
+def test_sigterm_stops_kube2sky_promptly(fresh):
+    f = fresh()
+    k2s = f.kube2sky()
+    k2s.proc.send_signal(signal.SIGTERM)
+    try:
+        code = k2s.proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0, f"exit code {code} 5 s after SIGTERM:\n{k2s.output()[-1000:]}"
+    assert log_lines(k2s, "stopping")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--no-such-flag=1"], "unrecognized arguments"),
+    (["--endpoints-source=bogus"], "endpoints-source"),
+    (["--healthz-port=notanumber"], "healthz"),
+])
+def test_bad_flags_exit_nonzero_with_a_message(flags, message):
+    proc = subprocess.run([sys.executable, "-m", "kube2sky", "--kube-master-url=http://127.0.0.1:9",
+                           "--etcd-server=http://127.0.0.1:9", "--healthz-port=0", *flags],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
