@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import logging
 
-from .records import (Layout, from_endpoints, from_slices, meta, pod_records,
-                      service_records)
+from .records import (HOSTNAMES_ANNOTATION, Layout, from_endpoints, from_slices, meta,
+                      pod_records, service_records)
 
 log = logging.getLogger("kube2sky.state")
 
 SERVICE_LABEL = "kubernetes.io/service-name"
+
+
+def slim(obj: dict) -> dict:
+    """What the records need of an object: no managedFields, owner references or unrelated
+    annotations (big clusters carry kilobytes of those per object)."""
+    metadata = obj.get("metadata") or {}
+    kept = {k: metadata[k] for k in ("namespace", "name", "labels") if k in metadata}
+    hostnames = (metadata.get("annotations") or {}).get(HOSTNAMES_ANNOTATION)
+    if hostnames:
+        kept["annotations"] = {HOSTNAMES_ANNOTATION: hostnames}
+    out = {k: v for k, v in obj.items() if k in ("spec", "subsets", "endpoints", "ports",
+                                                   "addressType")}
+    out["metadata"] = kept
+    return out
 
 
 class DesiredState:
@@ -100,7 +114,7 @@ class DesiredState:
 
     def set_service(self, obj):
         ns, name = meta(obj)
-        self.services[(ns, name)] = obj
+        self.services[(ns, name)] = slim(obj)
         return self._service_changed(ns, name)
 
     def delete_service(self, obj):
@@ -110,7 +124,7 @@ class DesiredState:
 
     def set_endpoints(self, obj):
         ns, name = meta(obj)
-        self.endpoints[(ns, name)] = obj
+        self.endpoints[(ns, name)] = slim(obj)
         return {} if self.use_slices else self._service_changed(ns, name)
 
     def delete_endpoints(self, obj):
@@ -135,7 +149,7 @@ class DesiredState:
             changes.update(self.delete_slice(old))
         if not service:
             return changes
-        self.slices.setdefault((ns, service), {})[slice_name] = obj
+        self.slices.setdefault((ns, service), {})[slice_name] = slim(obj)
         self.slice_owner[(ns, slice_name)] = service
         if self.use_slices:
             changes.update(self._service_changed(ns, service))

@@ -376,6 +376,7 @@ class Defaulter:
         if stype == "ExternalName":
             return
         ip = spec.get("clusterIP") or ""
+        given = [x for x in (spec.get("clusterIPs") or [])[1:] if isinstance(x, str)]
         if ip == "None":
             spec["clusterIPs"] = ["None"]
         else:
@@ -390,7 +391,14 @@ class Defaulter:
             if commit:
                 self.ips.used.add(ip)
             spec["clusterIP"] = ip
-            spec["clusterIPs"] = [ip]
+            # Dual stack, simplified: a secondary IPv6 address is accepted as given (there
+            # is no IPv6 pool to allocate from).
+            secondary = [x for x in given if _is_ipv6(x)][:1]
+            spec["clusterIPs"] = [ip] + secondary
+            if secondary:
+                spec["ipFamilies"] = ["IPv4", "IPv6"]
+                spec.setdefault("ipFamilyPolicy", "PreferDualStack")
+                return
         spec["ipFamilies"] = ["IPv4"]
         spec.setdefault("ipFamilyPolicy", "SingleStack")
 
@@ -498,3 +506,10 @@ class Defaulter:
         for port in obj.get("ports") or []:
             if isinstance(port, dict):
                 port.setdefault("protocol", "TCP")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
