@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from skydns.etcdsync import Backoff, make_client
+from skydns.etcdsync import Backoff, close_quietly, make_client
 
 log = logging.getLogger("kube2sky.etcd")
 
@@ -56,11 +56,7 @@ class EtcdWriter:
 
     def _drop_client(self):
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        close_quietly(client)
 
     # -- called by the controller thread -------------------------------------------------
 

@@ -65,6 +65,15 @@ def make_client(config, timeout=RPC_TIMEOUT):
     return client
 
 
+def close_quietly(client):
+    """Close an etcd client that may already be broken (a new one replaces it)."""
+    if client is not None:
+        try:
+            client.close()
+        except Exception:
+            pass
+
+
 def read_config_value(config, timeout=2.0):
     """The value at /<prefix>/config, for applying it before binding; None if unavailable."""
     try:
@@ -127,11 +136,7 @@ class EtcdSync:
         self._events.put(None)
         if self._thread:
             self._thread.join(timeout=5)
-        if self._client:
-            try:
-                self._client.close()
-            except Exception:
-                pass
+        close_quietly(self._client)
 
     def _set_state(self, state, error=""):
         if state != self.state:
@@ -167,11 +172,7 @@ class EtcdSync:
 
     def _drop_client(self):
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        close_quietly(client)
 
     def _lease_expiry(self, lease_ids):
         """Remaining lifetime of each lease, as monotonic deadlines for the store."""
