@@ -1145,3 +1145,27 @@ def test_bad_flags_exit_nonzero_with_a_message(flags, message):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_kubeconfig_file_or_environment(fresh, tmp_path, how):
+    """--kubecfg-file, else (no flag, not in a cluster) $KUBECONFIG."""
+    f = fresh()
+    f.kube.service("kcfg", "web", [{"name": "http", "port": 80}], cluster_ip="10.96.96.1")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: emu, cluster: {{server: "{f.emu.url}"}}}}]
+users: [{{name: me, user: {{}}}}]
+contexts: [{{name: emu, context: {{cluster: emu, user: me}}}}]
+current-context: emu
+""")
+    env = {"KUBECONFIG": str(kubeconfig)} if how == "env" else {}
+    k2s = f.kube2sky(start=False, env=env)
+    args = [a for a in k2s.argv() if not a.startswith("--kube-master-url")]
+    if how == "flag":
+        args.append(f"--kubecfg-file={kubeconfig}")
+    k2s.argv = lambda: args
+    k2s.start()
+    wait_etcd_equals(f.etcd, {**BASELINE, **cluster_ip_keys("kcfg", "web", "10.96.96.1",
+                                                            [("http", 80, "tcp")])})
