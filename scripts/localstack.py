@@ -98,6 +98,8 @@ def main():
     parser.add_argument("--healthz-port", type=int, default=8080)
     parser.add_argument("--api-port", type=int, default=6443)
     parser.add_argument("--kube2sky-port", type=int, default=8081)
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""),
+                        help="use this cluster instead of the emulator (default: $KUBECONFIG)")
     args = parser.parse_args()
 
     etcd_bin, etcdctl = pick_etcd()
@@ -149,10 +151,16 @@ def main():
                     raise SystemExit("[stack] etcd did not start")
                 time.sleep(0.1)
         client.close()
-        start("kubeemu", [sys.executable, "-m", "kubeemu", f"--port={api_port}",
-                          "--host=127.0.0.1"] + [a for f in examples for a in ("--seed", f)])
-        api = f"http://127.0.0.1:{api_port}"
-        start("kube2sky", [sys.executable, "-m", "kube2sky", f"--kube-master-url={api}",
+        if args.kubeconfig:
+            print(f"[stack] using the cluster in {args.kubeconfig} instead of the emulator",
+                  flush=True)
+            api, source = None, [f"--kubecfg-file={args.kubeconfig.split(os.pathsep)[0]}"]
+        else:
+            start("kubeemu", [sys.executable, "-m", "kubeemu", f"--port={api_port}",
+                              "--host=127.0.0.1"] + [a for f in examples for a in ("--seed", f)])
+            api = f"http://127.0.0.1:{api_port}"
+            source = [f"--kube-master-url={api}"]
+        start("kube2sky", [sys.executable, "-m", "kube2sky", *source,
                            f"--etcd-server=http://127.0.0.1:{etcd_port}", f"--domain={DOMAIN}",
                            f"--healthz-port={kube2sky_port}", "--healthz-addr=127.0.0.1"])
         start("skydns", [sys.executable, "-m", "skydns", f"-addr=127.0.0.1:{dns_port}",
@@ -162,7 +170,16 @@ def main():
         wait_ready(f"http://127.0.0.1:{kube2sky_port}/readiness", procs, "kube2sky")
         wait_ready(f"http://127.0.0.1:{healthz_port}/healthz", procs, "skydns")
         endpoint = f"http://127.0.0.1:{etcd_port}"
-        print(f"""
+        if api is None:
+            print(f"""
+[stack] ready. Try:
+  dig @127.0.0.1 -p {dns_port} kubernetes.default.svc.cluster.local A +short
+  ETCDCTL_API=3 {etcdctl} --endpoints={endpoint} get --prefix /skydns --keys-only
+  curl http://127.0.0.1:{healthz_port}/healthz
+[stack] Ctrl-C stops everything.
+""", flush=True)
+        else:
+            print(f"""
 [stack] ready. Try:
   dig @127.0.0.1 -p {dns_port} web.demo.svc.cluster.local A +short
   dig @127.0.0.1 -p {dns_port} _http._tcp.web.demo.svc.cluster.local SRV +short
