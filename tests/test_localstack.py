@@ -1,0 +1,91 @@
+"""The README's run command (scripts/localstack.py, which scripts/run-local runs after
+setting up the virtualenv): the whole stack answers, and SIGTERM leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import dns.message
+import dns.query
+import pytest
+
+from procs import free_port, wait_for
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def children_of(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_run_local_answers_and_stops_cleanly(tmp_path):
+    ports = {name: free_port() for name in ("dns", "etcd", "healthz", "api", "kube2sky")}
+    log = open(tmp_path / "stack.log", "w+b")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "scripts", "localstack.py"),
+         f"--dns-port={ports['dns']}", f"--etcd-port={ports['etcd']}",
+         f"--healthz-port={ports['healthz']}", f"--api-port={ports['api']}",
+         f"--kube2sky-port={ports['kube2sky']}", "--kubeconfig="],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ, KUBECONFIG=""))
+    children = []
+    try:
+        def output():
+            log.flush()
+            return (tmp_path / "stack.log").read_text(errors="replace")
+        wait_for(lambda: "[stack] ready" in output() or proc.poll() is not None, timeout=90,
+                 what="the stack to be ready")
+        text = output()
+        assert proc.poll() is None, text
+        children = children_of(proc.pid)
+        assert len(children) == 4, text  # etcd, kubeemu, kube2sky, skydns
+        # Each process's output is prefixed with its name.
+        for name in ("etcd", "kubeemu", "kube2sky", "skydns"):
+            assert re.search(rf"^\[{name}\] ", text, re.M), name
+        # The printed dig works as printed.
+        dig = re.search(r"dig @127\.0\.0\.1 -p (\d+) (web\.demo\.svc\.cluster\.local) A", text)
+        assert dig and int(dig.group(1)) == ports["dns"]
+        reply = dns.query.udp(dns.message.make_query(dig.group(2), "A"), "127.0.0.1",
+                              port=ports["dns"], timeout=3)
+        assert [rd.address for rrset in reply.answer for rd in rrset]
+        data_dir = re.search(r"--data-dir (\S+)", subprocess.run(
+            ["ps", "-o", "args=", "-p", str(children[0])], capture_output=True,
+            text=True).stdout)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)  # only if the stack left one behind
+            except ProcessLookupError:
+                pass
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "stack.log").read_text(errors="replace")
+    assert "[stack] stopped" in (tmp_path / "stack.log").read_text(errors="replace")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in children):
+        time.sleep(0.1)
+    left = [p for p in children if os.path.exists(f"/proc/{p}")
+            and "zombie" not in open(f"/proc/{p}/status").read().lower()]
+    assert left == [], "processes left behind"
+    if data_dir:
+        assert not os.path.exists(os.path.dirname(data_dir.group(1))), "temp data left"
+
+
+@pytest.mark.parametrize("script", ["scripts/run-local", "scripts/test", ".ci/run"])
+def test_readme_commands_exist_and_are_the_first_lines(script):
+    readme = open(os.path.join(REPO, "README.md")).read().splitlines()
+    commands = [line.strip() for line in readme[:5] if line.strip().startswith("bash ")]
+    assert [c.split()[1] for c in commands] == ["scripts/run-local", "scripts/test"]
+    assert os.access(os.path.join(REPO, script), os.X_OK)
