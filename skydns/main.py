@@ -80,7 +80,8 @@ class App:
         log.info("skydns %s serving %s on %s:%d (%s), etcd %s", __version__,
                  self.config.domain, host, sock.getsockname()[1],
                  "udp, tcp" if tcp else "udp worker", ",".join(self.config.machines))
-        self.http = listen(self.reactor, self.config, self.health, self.metrics)
+        self.http = listen(self.reactor, self.config, self.health, self.metrics,
+                           alive=lambda: self.udp is not None and self.udp.sock.fileno() >= 0)
         self.sync.start()
         self._schedule_hourly()
 

@@ -88,6 +88,25 @@ class HealthResource(resource.Resource):
         return b"ok\n"
 
 
+class LiveResource(resource.Resource):
+    """``/livez``: 200 while the reactor runs and the DNS socket is open, whatever etcd
+    does. For liveness probes: restarting skydns because etcd is away would throw away
+    the records it is still serving from memory (use ``/healthz`` for readiness)."""
+
+    isLeaf = True
+
+    def __init__(self, alive):
+        super().__init__()
+        self.alive = alive
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if self.alive():
+            return b"ok\n"
+        request.setResponseCode(503)
+        return b"DNS listener closed\n"
+
+
 class MetricsResource(resource.Resource):
     isLeaf = True
 
@@ -100,12 +119,13 @@ class MetricsResource(resource.Resource):
         return generate_latest(self.registry)
 
 
-def listen(reactor, config, health, metrics):
+def listen(reactor, config, health, metrics, alive=lambda: True):
     """Start the HTTP listeners; returns the ports (so tests and shutdown can stop them)."""
     sites = {}
     if config.healthz_port:
         root = sites.setdefault(config.healthz_port, resource.Resource())
         root.putChild(b"healthz", HealthResource(health))
+        root.putChild(b"livez", LiveResource(alive))
     if config.prometheus_port:
         root = sites.setdefault(config.prometheus_port, resource.Resource())
         path = config.prometheus_path.strip("/").encode() or b"metrics"

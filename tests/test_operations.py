@@ -733,6 +733,8 @@ def test_etcd_outage_served_from_memory_then_rewatch(private_etcd, start_skydns)
         status, body = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(sky.healthz()),
                                 timeout=15, what="healthz 503 after etcd stopped")
         assert "etcd" in body and body.strip()
+        # alive all the same: a liveness probe on /livez must not restart it now
+        assert sky.get("/livez") == "ok\n"
         # still served from memory, cached or not, over both transports
         for tcp in (False, True):
             assert addresses(sky.query("a.skydns.local.", tcp=tcp)) == ["10.0.0.1"]
