@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,3 +90,45 @@ def test_readme_commands_exist_and_are_the_first_lines(script):
     commands = [line.strip() for line in readme[:5] if line.strip().startswith("bash ")]
     assert [c.split()[1] for c in commands] == ["scripts/run-local", "scripts/test"]
     assert os.access(os.path.join(REPO, script), os.X_OK)
+
+
+def test_run_local_stops_everything_when_one_process_dies(tmp_path):
+    """If skydns dies, the stack says so and stops the others; a busy port is replaced."""
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    dns_port = busy.getsockname()[1]
+    ports = {name: free_port() for name in ("etcd", "healthz", "api", "kube2sky")}
+    log = open(tmp_path / "stack.log", "w+b")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "scripts", "localstack.py"),
+         f"--dns-port={dns_port}", f"--etcd-port={ports['etcd']}",
+         f"--healthz-port={ports['healthz']}", f"--api-port={ports['api']}",
+         f"--kube2sky-port={ports['kube2sky']}", "--kubeconfig="],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ, KUBECONFIG=""))
+    try:
+        def output():
+            log.flush()
+            return (tmp_path / "stack.log").read_text(errors="replace")
+        wait_for(lambda: "[stack] ready" in output() or proc.poll() is not None, timeout=90,
+                 what="the stack to be ready")
+        assert f"port {dns_port} for DNS is in use" in output()
+        children = children_of(proc.pid)
+        skydns = [p for p in children
+                  if open(f"/proc/{p}/cmdline").read().split("\0")[1:3] == ["-m", "skydns"]]
+        assert len(skydns) == 1
+        os.kill(skydns[0], signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        busy.close()
+        log.close()
+    text = (tmp_path / "stack.log").read_text(errors="replace")
+    assert "[stack] skydns exited" in text and "stopping the rest" in text
+    assert "[stack] stopped" in text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in children):
+        time.sleep(0.1)
+    assert [p for p in children if os.path.exists(f"/proc/{p}")
+            and "zombie" not in open(f"/proc/{p}/status").read().lower()] == []
