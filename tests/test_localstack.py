@@ -15,7 +15,7 @@ import dns.message
 import dns.query
 import pytest
 
-from procs import free_port, wait_for
+from procs import free_port, stop_process, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,22 +26,36 @@ def children_of(pid):
     return [int(p) for p in out.split()]
 
 
-def test_run_local_answers_and_stops_cleanly(tmp_path):
-    ports = {name: free_port() for name in ("dns", "etcd", "healthz", "api", "kube2sky")}
+def start_stack(tmp_path, dns_port):
+    """scripts/localstack.py on free ports (DNS on ``dns_port``), the emulator, not
+    $KUBECONFIG; returns (process, log file, a function reading the log so far)."""
+    ports = {name: free_port() for name in ("etcd", "healthz", "api", "kube2sky")}
     log = open(tmp_path / "stack.log", "w+b")
     proc = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "scripts", "localstack.py"),
-         f"--dns-port={ports['dns']}", f"--etcd-port={ports['etcd']}",
+         f"--dns-port={dns_port}", f"--etcd-port={ports['etcd']}",
          f"--healthz-port={ports['healthz']}", f"--api-port={ports['api']}",
          f"--kube2sky-port={ports['kube2sky']}", "--kubeconfig="],
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ, KUBECONFIG=""))
-    children = []
+
+    def output():
+        log.flush()
+        return (tmp_path / "stack.log").read_text(errors="replace")
     try:
-        def output():
-            log.flush()
-            return (tmp_path / "stack.log").read_text(errors="replace")
         wait_for(lambda: "[stack] ready" in output() or proc.poll() is not None, timeout=90,
                  what="the stack to be ready")
+    except Exception:
+        stop_process(proc, timeout=30)  # its own SIGTERM handler stops the children
+        log.close()
+        raise
+    return proc, log, output
+
+
+def test_run_local_answers_and_stops_cleanly(tmp_path):
+    ports = {"dns": free_port()}
+    proc, log, output = start_stack(tmp_path, ports["dns"])
+    children = []
+    try:
         text = output()
         assert proc.poll() is None, text
         children = children_of(proc.pid)
@@ -97,20 +111,8 @@ def test_run_local_stops_everything_when_one_process_dies(tmp_path):
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     busy.bind(("127.0.0.1", 0))
     dns_port = busy.getsockname()[1]
-    ports = {name: free_port() for name in ("etcd", "healthz", "api", "kube2sky")}
-    log = open(tmp_path / "stack.log", "w+b")
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "scripts", "localstack.py"),
-         f"--dns-port={dns_port}", f"--etcd-port={ports['etcd']}",
-         f"--healthz-port={ports['healthz']}", f"--api-port={ports['api']}",
-         f"--kube2sky-port={ports['kube2sky']}", "--kubeconfig="],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ, KUBECONFIG=""))
+    proc, log, output = start_stack(tmp_path, dns_port)
     try:
-        def output():
-            log.flush()
-            return (tmp_path / "stack.log").read_text(errors="replace")
-        wait_for(lambda: "[stack] ready" in output() or proc.poll() is not None, timeout=90,
-                 what="the stack to be ready")
         assert f"port {dns_port} for DNS is in use" in output()
         children = children_of(proc.pid)
         skydns = [p for p in children
