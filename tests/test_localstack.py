@@ -134,3 +134,44 @@ def test_run_local_stops_everything_when_one_process_dies(tmp_path):
         time.sleep(0.1)
     assert [p for p in children if os.path.exists(f"/proc/{p}")
             and "zombie" not in open(f"/proc/{p}/status").read().lower()] == []
+
+
+def test_run_local_uses_the_cluster_in_kubeconfig(tmp_path):
+    """With --kubeconfig (or $KUBECONFIG) kube2sky syncs that cluster; no emulator starts."""
+    from kubeemu import Emulator
+    cluster = Emulator(port=0).start()  # stands in for a real cluster here
+    try:
+        cluster.apply({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "far", "namespace": "default"},
+                       "spec": {"clusterIP": "10.96.77.7",
+                                "ports": [{"name": "http", "port": 80}]}})
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters: [{{name: c, cluster: {{server: '{cluster.url}'}}}}]\n"
+            "users: [{name: u, user: {}}]\n"
+            "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n")
+        dns_port = free_port()
+        ports = {name: free_port() for name in ("etcd", "healthz", "api", "kube2sky")}
+        log = open(tmp_path / "stack.log", "w+b")
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "scripts", "localstack.py"),
+             f"--dns-port={dns_port}", f"--etcd-port={ports['etcd']}",
+             f"--healthz-port={ports['healthz']}", f"--api-port={ports['api']}",
+             f"--kube2sky-port={ports['kube2sky']}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=dict(os.environ, KUBECONFIG=str(kubeconfig)))
+        try:
+            text = lambda: (log.flush(), (tmp_path / "stack.log").read_text(errors="replace"))[1]
+            wait_for(lambda: "[stack] ready" in text() or proc.poll() is not None, timeout=90,
+                     what="the stack to be ready")
+            assert "instead of the emulator" in text()
+            assert not re.search(r"^\[kubeemu\]", text(), re.M)
+            reply = dns.query.udp(dns.message.make_query("far.default.svc.cluster.local.", "A"),
+                                  "127.0.0.1", port=dns_port, timeout=3)
+            assert [rd.address for rrset in reply.answer for rd in rrset] == ["10.96.77.7"]
+        finally:
+            stop_process(proc, timeout=30)
+            log.close()
+    finally:
+        cluster.stop()
