@@ -73,13 +73,7 @@ def test_run_local_answers_and_stops_cleanly(tmp_path):
             ["ps", "-o", "args=", "-p", str(children[0])], capture_output=True,
             text=True).stdout)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=30)
         for pid in children:
             try:
                 os.kill(pid, signal.SIGKILL)  # only if the stack left one behind
@@ -121,9 +115,7 @@ def test_run_local_stops_everything_when_one_process_dies(tmp_path):
         os.kill(skydns[0], signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=30)  # SIGTERM: the runner stops its children itself
         busy.close()
         log.close()
     text = (tmp_path / "stack.log").read_text(errors="replace")
