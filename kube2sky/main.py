@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -270,7 +269,3 @@ def main(argv=None):
     app.stop()
     return 0
 
-
-def describe_state(state) -> str:
-    """The desired keys as JSON (for debugging: ``kube2sky`` logs stay one line each)."""
-    return json.dumps(state.desired(), indent=1, sort_keys=True)

@@ -259,8 +259,7 @@ def from_args(argv=None, environ=None) -> Config:
     values.update(vars(args))
     if not values.get("nameservers"):
         values["nameservers"] = resolv_conf_nameservers()
-    if "hostmaster" not in values and "domain" in values:
-        pass  # SkyDNS kept hostmaster@skydns.local. as the default whatever the domain
+    # (SkyDNS kept hostmaster@skydns.local. as the default whatever the domain.)
     return Config(**values)
 
 

@@ -29,7 +29,6 @@ from . import wire as wirefmt
 from .authority import Result, labels_of
 from .forward import ForwardError
 from .rcache import ResponseCache
-from .record import RecordError, parse_record
 
 log = logging.getLogger("skydns.resolver")
 
@@ -296,11 +295,3 @@ class Resolver:
             return self.error(request, dns.rcode.SERVFAIL, "fail", system="stub")
         return Reply(wire=reply, system="stub")
 
-
-def check_record(key, value):
-    """For tools: the reason a value would be skipped, or None when it is a good record."""
-    try:
-        parse_record(key, value)
-    except RecordError as exc:
-        return str(exc)
-    return None
