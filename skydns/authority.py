@@ -182,8 +182,7 @@ class Authority:
         """Answer (qname, qtype) for a name in the domain; a Deferred firing with a Result."""
         result = Result()
         lookup = qname
-        local = dns.name.from_text("local.dns", self.domain)
-        if qname == local and self.config.local:
+        if qname == self.config.local_dns_name and self.config.local:
             lookup = dns.name.from_text(self.config.local)
         labels = labels_of(lookup)
         apex = qname == self.domain

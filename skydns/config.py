@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
 import socket
 
 import dns.name
+
+from .record import name_labels
 
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 
@@ -78,14 +81,25 @@ class Config:
         if self.rtimeout <= 0:
             raise ConfigError("rtimeout must be positive")
 
-    @property
+    # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
+    # the general query path asks for them on every query.
+    @functools.cached_property
     def domain_name(self) -> dns.name.Name:
         return dns.name.from_text(self.domain)
 
-    @property
+    @functools.cached_property
     def hostmaster_name(self) -> dns.name.Name:
         """``hostmaster@skydns.local.`` -> ``hostmaster.skydns.local.`` (SOA rname)."""
         return dns.name.from_text(_absolute(self.hostmaster.replace("@", ".", 1)))
+
+    @functools.cached_property
+    def local_dns_name(self) -> dns.name.Name:
+        return dns.name.from_text("local.dns", self.domain_name)
+
+    @functools.cached_property
+    def stub_labels(self) -> tuple:
+        """Key labels of stub.dns.<domain>, where stub-zone servers are stored."""
+        return tuple(reversed(name_labels("stub.dns." + self.domain)))
 
     @property
     def listen(self) -> tuple[str, int]:

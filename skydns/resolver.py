@@ -26,7 +26,7 @@ from twisted.internet import defer
 
 from . import __version__
 from . import wire as wirefmt
-from .authority import Result, labels_of
+from .authority import Result
 from .forward import ForwardError
 from .rcache import ResponseCache
 
@@ -97,11 +97,9 @@ class Resolver:
 
     # -- stub zones ----------------------------------------------------------------------
 
-    def _stub_labels(self):
-        return labels_of(dns.name.from_text("stub.dns", self.config.domain_name))
-
     def _store_changed(self, labels):
-        if labels[:len(self._stub_labels())] == self._stub_labels():
+        prefix = self.config.stub_labels
+        if labels[:len(prefix)] == prefix:
             self._stubs = None
 
     def _store_reset(self):
@@ -112,8 +110,7 @@ class Resolver:
         """zone Name -> [(host, port)] from the records under stub.dns.<domain>."""
         if self._stubs is None:
             stubs = {}
-            base = self._stub_labels()
-            node = self.store.node(base)
+            node = self.store.node(self.config.stub_labels)
             for rel, record in (self.store.subtree(node) if node else []):
                 if len(rel) < 2 or record.ip is None:
                     continue
@@ -233,7 +230,7 @@ class Resolver:
         if self.config.round_robin and not result.cacheable:
             # Cached answers rotate in the wire cache; these are built anew each time.
             count = wirefmt.variant_count(response, True)
-            response.answer = list(wirefmt.rotations(response, count))[random.randrange(count)]
+            response.answer = wirefmt.rotated(response.answer, random.randrange(count))
         if result.rcode == dns.rcode.NXDOMAIN:
             self.metrics.error("nxdomain")
         elif not result.answer and result.rcode == dns.rcode.NOERROR:

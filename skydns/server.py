@@ -99,12 +99,11 @@ class QueryHandler:
     def _store(self, reply, data, out):
         message = reply.message
         count = wirefmt.variant_count(message, self.config.round_robin)
-        responses = [out]
+        responses = [out]  # rotation 0 is the answer just rendered
         if count > 1:
             original = message.answer
-            responses = []
-            for answer in wirefmt.rotations(message, count):
-                message.answer = answer
+            for shift in range(1, count):
+                message.answer = wirefmt.rotated(original, shift)
                 responses.append(wirefmt.to_wire(message))
             message.answer = original
             if any(len(r) > wirefmt.CACHEABLE_SIZE for r in responses):

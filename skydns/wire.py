@@ -52,7 +52,7 @@ def udp_limit(request: dns.message.Message) -> int:
 
 def to_wire(message: dns.message.Message, limit: int = 65535) -> bytes:
     """Render in the order we built (dnspython shuffles RRsets unless told not to; our
-    round robin is deliberate, see ``rotations``)."""
+    round robin is deliberate, see ``rotated``)."""
     return message.to_wire(max_size=limit, want_shuffle=False)
 
 
@@ -105,23 +105,21 @@ def _truncate(response, limit):
     return best if best is not None else with_first(0)
 
 
-def rotations(response: dns.message.Message, count: int):
-    """The answer section rotated ``count`` ways (round robin over A/AAAA/SRV rdata)."""
-    answer = list(response.answer)  # callers may swap response.answer while iterating
-    for shift in range(count):
-        rotated = []
-        for rrset in answer:
-            if rrset.rdtype in ROTATED_TYPES and len(rrset) > 1:
-                items = list(rrset)
-                k = shift % len(items)
-                new = rrset.copy()
-                new.clear()
-                for rdata in items[k:] + items[:k]:
-                    new.add(rdata, rrset.ttl)
-                rotated.append(new)
-            else:
-                rotated.append(rrset)
-        yield rotated
+def rotated(answer, shift: int) -> list:
+    """The answer RRsets with the rdata of each A/AAAA/SRV RRset rotated by ``shift``."""
+    out = []
+    for rrset in answer:
+        if rrset.rdtype in ROTATED_TYPES and len(rrset) > 1:
+            items = list(rrset)
+            k = shift % len(items)
+            new = rrset.copy()
+            new.clear()
+            for rdata in items[k:] + items[:k]:
+                new.add(rdata, rrset.ttl)
+            out.append(new)
+        else:
+            out.append(rrset)
+    return out
 
 
 def variant_count(response: dns.message.Message, round_robin: bool) -> int:
