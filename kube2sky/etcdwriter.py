@@ -72,15 +72,19 @@ class EtcdWriter:
             return len(self._pending) + (1 if self._busy else 0)
 
     def read_state(self):
-        """(markers, actual values) under our scopes: {key: value}. Raises if etcd is away."""
+        """(markers, actual values) under our scopes: {key: value}, all read at one etcd
+        revision, so a write landing between the reads cannot make a record look unmarked
+        (and be written again). Raises if etcd is away."""
         client = self.client
         try:
-            markers = {meta.key.decode()[len(MARKER_PREFIX):]: value.decode()
-                       for value, meta in client.get_prefix(MARKER_PREFIX + "/")}
+            response = client.get_prefix_response(MARKER_PREFIX + "/")
+            revision = response.header.revision
+            markers = {kv.key.decode()[len(MARKER_PREFIX):]: kv.value.decode()
+                       for kv in response.kvs}
             actual = {}
             for scope in self.scopes:
-                for value, meta in client.get_prefix(scope):
-                    actual[meta.key.decode()] = value.decode("utf-8", "replace")
+                for kv in client.get_prefix_response(scope, revision=revision).kvs:
+                    actual[kv.key.decode()] = kv.value.decode("utf-8", "replace")
         except Exception:
             self._drop_client()
             raise

@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
-from skydns.config import parse_duration
+from skydns.config import parse_bool, parse_duration
 
 from .controller import Controller
 from .etcdwriter import MARKER_PREFIX, EtcdWriter
@@ -44,11 +44,6 @@ ENV = {"ca-cert": "ETCD_CACERT", "tls-key": "ETCD_TLSKEY", "tls-pem": "ETCD_TLSP
        "username": "ETCD_USERNAME", "password": "ETCD_PASSWORD"}
 
 
-def _bool(value):
-    from skydns.config import parse_bool
-    return parse_bool(value)
-
-
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="kube2sky", allow_abbrev=False,
@@ -59,7 +54,7 @@ def build_parser():
         spellings = list(dict.fromkeys([f"--{name}", f"-{name}", f"--{under}", f"-{under}"]))
         kwargs = {"dest": under, "default": default, "help": helptext}
         if typ == "bool":
-            kwargs.update(nargs="?", const=True, type=_bool, metavar="BOOL")
+            kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
         else:
             kwargs.update(type=typ, metavar=under.upper())
         parser.add_argument(*spellings, **kwargs)

@@ -65,6 +65,12 @@ def _ip(text):
         return None
 
 
+def address_leaf(layout, ip):
+    """An address record's value and its kube2sky leaf label (FNV-1a of the value)."""
+    value = layout.value(str(ip))
+    return fnv1a32_label(value), value
+
+
 def reverse_key(ip) -> str:
     """``10.0.0.1`` -> ``/skydns/arpa/in-addr/10/0/0/1``; IPv6 by nibbles under ip6."""
     name = ip.reverse_pointer  # e.g. 1.0.0.10.in-addr.arpa
@@ -108,8 +114,7 @@ def service_records(layout: Layout, service: dict, endpoints: list | None):
         if ip is None:
             problems.append(f"service {namespace}/{name}: bad clusterIP {text!r}")
             continue
-        value = layout.value(str(ip))
-        label = fnv1a32_label(value)
+        label, value = address_leaf(layout, ip)
         first_label = first_label or label
         records[f"{key}/{label}"] = value
         records[reverse_key(ip)] = layout.value(fqdn)
@@ -144,18 +149,18 @@ def headless_records(layout, namespace, name, service, groups):
             if ip is None:
                 problems.append(f"endpoints {namespace}/{name}: bad IP {endpoint.ip!r}")
                 continue
-            value = layout.value(str(ip))
+            hashed, value = address_leaf(layout, ip)
             label = endpoint.hostname.lower()
             if label and not _DNS_LABEL.match(label):
                 problems.append(f"endpoints {namespace}/{name}: hostname {endpoint.hostname!r}"
                                 " is not a DNS label; using the hashed name")
                 label = ""
-            label = label or fnv1a32_label(value)
+            label = label or hashed
             leaf = f"{key}/{label}"
             if records.get(leaf, value) != value and endpoint.hostname:
                 # A dual-stack hostname: the second address goes just below the first,
                 # where a query for the hostname still finds it.
-                leaf = f"{leaf}/{fnv1a32_label(value)}"
+                leaf = f"{leaf}/{hashed}"
             records.setdefault(leaf, value)
             target = f"{label}.{fqdn}"
             records.setdefault(reverse_key(ip), layout.value(target))
@@ -232,6 +237,6 @@ def pod_records(layout: Layout, pod: dict):
         if ip is None:
             problems.append(f"pod {namespace}/{name}: bad IP {text!r}")
             continue
-        value = layout.value(str(ip))
-        records[f"{layout.base}/pod/{namespace}/{pod_label(ip)}/{fnv1a32_label(value)}"] = value
+        label, value = address_leaf(layout, ip)
+        records[f"{layout.base}/pod/{namespace}/{pod_label(ip)}/{label}"] = value
     return records, problems

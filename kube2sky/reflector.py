@@ -35,7 +35,6 @@ class Reflector(threading.Thread):
         self.healthy = False
         self.last_error = ""
         self.relists = 0
-        self._response = None
 
     def stop(self):
         """Nothing to close: closing the response from another thread blocks in http.client
@@ -96,7 +95,6 @@ class Reflector(threading.Thread):
                                   timeout_seconds=self.watch_timeout,
                                   allow_watch_bookmarks=True, _preload_content=False,
                                   _request_timeout=self.watch_timeout + 30)
-        self._response = response
         try:
             for line in iter_resp_lines(response):
                 if self.stop_event.is_set():
@@ -111,6 +109,5 @@ class Reflector(threading.Thread):
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self.out.put(("event", self.kind, kind, obj))
         finally:
-            self._response = None
             response.release_conn()
         return version

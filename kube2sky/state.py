@@ -189,36 +189,35 @@ class DesiredState:
 
     # -- relists -------------------------------------------------------------------------
 
+    def _handlers(self, kind):
+        return {
+            "services": (self.set_service, self.delete_service),
+            "endpoints": (self.set_endpoints, self.delete_endpoints),
+            "pods": (self.set_pod, self.delete_pod),
+            "endpointslices": (self.set_slice, self.delete_slice),
+        }[kind]
+
+    def _current(self, kind) -> dict:
+        """The objects of one kind held now, by (namespace, name)."""
+        if kind == "endpointslices":
+            return {(ns, name): self.slices[(ns, service)][name]
+                    for (ns, name), service in self.slice_owner.items()}
+        return {"services": self.services, "endpoints": self.endpoints,
+                "pods": self.pods}[kind]
+
     def replace(self, kind, objects) -> dict:
         """A fresh list of one kind: apply deletions and changes, return the difference."""
-        setter, deleter, current = {
-            "services": (self.set_service, self.delete_service, self.services),
-            "endpoints": (self.set_endpoints, self.delete_endpoints, self.endpoints),
-            "pods": (self.set_pod, self.delete_pod, self.pods),
-            "endpointslices": (self.set_slice, self.delete_slice, None),
-        }[kind]
+        setter, deleter = self._handlers(kind)
         changes = {}
-        if kind == "endpointslices":
-            listed = {(meta(o)[0], meta(o)[1]) for o in objects}
-            for (ns, _service), slices in list(self.slices.items()):
-                for slice_name, obj in list(slices.items()):
-                    if (ns, slice_name) not in listed:
-                        changes.update(deleter(obj))
-        else:
-            listed = {meta(o) for o in objects}
-            for key, obj in list(current.items()):
-                if key not in listed:
-                    changes.update(deleter(obj))
+        listed = {meta(o) for o in objects}
+        for key, obj in list(self._current(kind).items()):
+            if key not in listed:
+                changes.update(deleter(obj))
         for obj in objects:
             changes.update(setter(obj))
         return changes
 
     def handle(self, kind, event_type, obj) -> dict:
         """One watch event (ADDED/MODIFIED/DELETED) of one kind."""
-        setter, deleter = {
-            "services": (self.set_service, self.delete_service),
-            "endpoints": (self.set_endpoints, self.delete_endpoints),
-            "pods": (self.set_pod, self.delete_pod),
-            "endpointslices": (self.set_slice, self.delete_slice),
-        }[kind]
+        setter, deleter = self._handlers(kind)
         return deleter(obj) if event_type == "DELETED" else setter(obj)
