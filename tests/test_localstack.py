@@ -26,17 +26,19 @@ def children_of(pid):
     return [int(p) for p in out.split()]
 
 
-def start_stack(tmp_path, dns_port):
-    """scripts/localstack.py on free ports (DNS on ``dns_port``), the emulator, not
-    $KUBECONFIG; returns (process, log file, a function reading the log so far)."""
+def start_stack(tmp_path, dns_port, kubeconfig=""):
+    """scripts/localstack.py on free ports (DNS on ``dns_port``): the emulator, or the
+    cluster in ``kubeconfig`` given as $KUBECONFIG; returns (process, log file, a function
+    reading the log so far)."""
     ports = {name: free_port() for name in ("etcd", "healthz", "api", "kube2sky")}
     log = open(tmp_path / "stack.log", "w+b")
     proc = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "scripts", "localstack.py"),
          f"--dns-port={dns_port}", f"--etcd-port={ports['etcd']}",
          f"--healthz-port={ports['healthz']}", f"--api-port={ports['api']}",
-         f"--kube2sky-port={ports['kube2sky']}", "--kubeconfig="],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ, KUBECONFIG=""))
+         f"--kube2sky-port={ports['kube2sky']}"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        env=dict(os.environ, KUBECONFIG=kubeconfig))
 
     def output():
         log.flush()
@@ -144,19 +146,8 @@ def test_run_local_uses_the_cluster_in_kubeconfig(tmp_path):
             "users: [{name: u, user: {}}]\n"
             "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n")
         dns_port = free_port()
-        ports = {name: free_port() for name in ("etcd", "healthz", "api", "kube2sky")}
-        log = open(tmp_path / "stack.log", "w+b")
-        proc = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "scripts", "localstack.py"),
-             f"--dns-port={dns_port}", f"--etcd-port={ports['etcd']}",
-             f"--healthz-port={ports['healthz']}", f"--api-port={ports['api']}",
-             f"--kube2sky-port={ports['kube2sky']}"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            env=dict(os.environ, KUBECONFIG=str(kubeconfig)))
+        proc, log, text = start_stack(tmp_path, dns_port, kubeconfig=str(kubeconfig))
         try:
-            text = lambda: (log.flush(), (tmp_path / "stack.log").read_text(errors="replace"))[1]
-            wait_for(lambda: "[stack] ready" in text() or proc.poll() is not None, timeout=90,
-                     what="the stack to be ready")
             assert "instead of the emulator" in text()
             assert not re.search(r"^\[kubeemu\]", text(), re.M)
             reply = dns.query.udp(dns.message.make_query("far.default.svc.cluster.local.", "A"),
