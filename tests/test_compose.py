@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from procs import tool
 
 from kube2sky.main import parse_args as kube2sky_parse_args
 from skydns.config import from_args as skydns_from_args
@@ -140,10 +141,7 @@ def published(service):
 # ---------------------------------------------------------------- schema validation
 
 def check_jsonschema():
-    exe = BIN / "check-jsonschema"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("check-jsonschema")
+    found = tool("check-jsonschema")
     if not found:
         pytest.skip("check-jsonschema not installed (pip install -e .[test])")
     return found

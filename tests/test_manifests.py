@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from procs import tool
 
 from kube2sky import main as k2s_main
 from skydns import config as sky_config
@@ -46,10 +45,7 @@ IMAGE_USER = 10001  # the non-root user of the project's Dockerfile
 # -- helpers ---------------------------------------------------------------------------
 
 def kubernetes_validate_bin() -> str:
-    candidate = Path(sys.executable).parent / "kubernetes-validate"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("kubernetes-validate")
+    found = tool("kubernetes-validate")
     if not found:
         pytest.fail("kubernetes-validate is not installed in this environment")
     return found
