@@ -253,6 +253,10 @@ def main(argv=None):
         app.stop_event.set()  # also ends a discovery wait
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    # SIGHUP (a closed terminal, an init system's "reload") must not stop the sync: the
+    # watches keep etcd current all the time, so there is nothing to reload.
+    signal.signal(signal.SIGHUP, lambda *_: log.info(
+        "SIGHUP ignored: records follow the API server's watch continuously"))
     try:
         app.start()
     except OSError as exc:  # e.g. the health port is taken

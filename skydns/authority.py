@@ -62,11 +62,9 @@ class Result:
         sets = {}
         for owner, rdtype, ttl, rdata in records:
             key = (owner.canonicalize(), rdtype)
-            if rdtype == T.CNAME:
-                # SkyDNS answers one CNAME per name host, even several at one owner;
-                # dnspython treats CNAME as a singleton, so each gets its own RRset.
-                key += (rdata,)
             rrset = sets.get(key)
+            if rdtype == T.CNAME and rrset is not None:
+                continue  # RFC 2181 10.1: one CNAME per owner name; the first one stays
             if rrset is None:
                 rrset = sets[key] = dns.rrset.RRset(owner, IN, rdtype)
             rrset.add(rdata, ttl)
@@ -83,6 +81,12 @@ def split_txt(text: str) -> list[bytes]:
     """TXT character-strings hold at most 255 bytes: split longer text."""
     data = text.encode("utf-8")
     return [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+
+
+def attribute_name(labels) -> bool:
+    """At or below an underscore label (``_http._tcp.<svc>``: RFC 8552 attribute leaves),
+    which answer only SRV and TXT."""
+    return any(label.startswith("_") for label in labels)
 
 
 def strip_labels(name: str, count: int) -> str:
@@ -187,7 +191,13 @@ class Authority:
         labels = labels_of(lookup)
         apex = qname == self.domain
         try:
-            if qtype in (T.A, T.AAAA):
+            if attribute_name(labels) and qtype not in (T.SRV, T.TXT):
+                # NODATA, not a CNAME to the SRV target: qname-minimising resolvers ask
+                # `_http._tcp.<svc> A` first and would apply that CNAME to the SRV question.
+                if self.records(labels, result, srv=True) is None:
+                    raise NameNotFound()
+                records = []
+            elif qtype in (T.A, T.AAAA):
                 records = yield self.address_records(qname, lookup, qtype, result, ())
             elif qtype == T.SOA and apex:
                 owner, rdata = self.soa()
@@ -235,10 +245,14 @@ class Authority:
     @defer.inlineCallbacks
     def address_records(self, owner, lookup, qtype, result, previous):
         """A/AAAA for ``lookup``, owned by ``owner``; name hosts become chased CNAMEs."""
-        records = self.records(labels_of(lookup), result)
+        labels = labels_of(lookup)
+        records = self.records(labels, result)
         if records is None:
             raise NameNotFound()
+        if attribute_name(labels):
+            return []  # a chase into an SRV attribute name finds no addresses
         out = []
+        cname_owner = False  # at most one CNAME for this owner (RFC 2181 10.1)
         want_family = 4 if qtype == T.A else 6
         owner_text = owner.to_text().lower()
         for record in records:
@@ -249,7 +263,7 @@ class Authority:
                                 rdclass(IN, qtype, str(record.ip))))
                 continue
             target_text = record.target
-            if target_text is None or target_text == owner_text:
+            if target_text is None or target_text == owner_text or cname_owner:
                 continue
             chain = previous + (owner_text,)
             if len(chain) > MAX_CNAME_DEPTH or target_text in chain:
@@ -265,11 +279,13 @@ class Authority:
                 if chased:
                     out.append(cname)
                     out.extend(chased)
+                    cname_owner = True
                 continue
             external = yield self.lookup_upstream(target, qtype, result)
             if external is not None:
                 out.append(cname)
                 out.extend(external)
+                cname_owner = True
         return out
 
     @defer.inlineCallbacks

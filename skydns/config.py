@@ -59,6 +59,7 @@ class Config:
     prometheus_port: int = 0
     prometheus_path: str = "/metrics"
     workers: int = 1
+    max_udp_size: int = 1232
 
     def __post_init__(self):
         self.normalize()
@@ -78,6 +79,8 @@ class Config:
                 raise ConfigError(f"{name} must not be negative")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if not 512 <= self.max_udp_size <= 65535:
+            raise ConfigError("max-udp-size must be within 512..65535")
         if self.rtimeout <= 0:
             raise ConfigError("rtimeout must be positive")
 
@@ -230,6 +233,8 @@ _FLAGS = [
      "name that /healthz resolves through the server itself (A query)"),
     ("workers", "workers", int, "SKYDNS_WORKERS",
      "processes sharing the DNS port with SO_REUSEPORT"),
+    ("max-udp-size", "max_udp_size", int, "SKYDNS_MAX_UDP_SIZE",
+     "largest UDP reply whatever buffer a client claims; larger ones are truncated (TC)"),
 ]
 _BOOL_TYPES = (parse_bool,)
 
@@ -286,6 +291,7 @@ _ETCD_KEYS = {
     "read_timeout": ("rtimeout", None), "priority": ("priority", int), "ttl": ("ttl", int),
     "min_ttl": ("min_ttl", int), "scache": ("scache", int), "rcache": ("rcache", int),
     "rcache_ttl": ("rcache_ttl", int), "ndot": ("ndots", int),
+    "max_udp_size": ("max_udp_size", int),
 }
 
 

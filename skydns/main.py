@@ -61,6 +61,8 @@ class App:
         m.gauge("skydns_records", "Records served from memory", lambda: self.store.count)
         m.gauge("skydns_skipped_records", "etcd values skipped as malformed",
                 lambda: len(self.store.bad))
+        m.labelled_counter("skydns_records_skipped", "etcd values skipped, by reason",
+                           "reason", lambda: self.store.skipped)
         m.gauge("skydns_etcd_watch_up", "1 while the etcd watch is live",
                 lambda: 1 if self.sync.healthy else 0)
         m.gauge("skydns_etcd_revision", "Last etcd revision applied", lambda: self.store.revision)
@@ -186,6 +188,11 @@ def main(argv=None):
             reactor.stop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: reactor.callFromThread(stop_once))
+    # SIGHUP (a closed terminal, an init system's "reload") must not stop cluster DNS:
+    # /skydns/config is watched and applied as it changes, so there is nothing to reload.
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
+        log.info, "SIGHUP ignored: /%s/config is applied whenever it changes in etcd",
+        config.path_prefix))
     reactor.run(installSignalHandlers=False)
     return 0
 

@@ -54,6 +54,7 @@ class Metrics:
         # Fast-path slots: [count, bytes] per (system, size); the hot path adds to them.
         self.fast_slots = {}
         self.gauges = {}  # name -> (help, callable returning a number)
+        self.counters = {}  # name -> (help, label, callable returning {label value: count})
         self.signature_misses = None  # callable, set when DNSSEC is on
 
     def slot(self, system: str, size: int) -> list:
@@ -79,6 +80,9 @@ class Metrics:
 
     def gauge(self, name, helptext, func):
         self.gauges[name] = (helptext, func)
+
+    def labelled_counter(self, name, helptext, label, func):
+        self.counters[name] = (helptext, label, func)
 
     def _fast_totals(self):
         requests = dict.fromkeys(SYSTEMS, 0)
@@ -124,6 +128,11 @@ class Metrics:
         for cache in ("response", "signature", "wire"):
             misses.add_metric([cache], self.cache_misses[cache])
         yield misses
+        for name, (helptext, label, func) in sorted(self.counters.items()):
+            family = CounterMetricFamily(name, helptext, labels=[label])
+            for value, count in sorted(func().items()):
+                family.add_metric([value], count)
+            yield family
         for name, (helptext, func) in sorted(self.gauges.items()):
             yield GaugeMetricFamily(name, helptext, value=func())
 

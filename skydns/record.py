@@ -30,7 +30,32 @@ _IPV4ISH = re.compile(r"^[0-9.]+$")
 
 
 class RecordError(ValueError):
-    """A value in etcd that is not a usable SkyDNS record; the message says why."""
+    """A value in etcd that is not a usable SkyDNS record; the message says why.
+
+    ``kind`` is a short, stable reason for metrics labels: encoding, json, type, range,
+    host, key or size.
+    """
+
+    def __init__(self, message, kind="type"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# A record must fit in one DNS message (65535 bytes) next to a header (12), the longest
+# question (255 + 4) and its owner and fixed RR fields (2 + 10): that leaves this much RDATA.
+MAX_RDATA = 65535 - 12 - 259 - 12
+MAX_TEXT_BYTES = MAX_RDATA - -(-MAX_RDATA // 256)  # text + one length byte per 255 bytes
+MAX_NAME_WIRE = 255  # RFC 1035: a name is at most 255 bytes in wire form
+_PLAIN_KEY = re.compile(r"^[/A-Za-z0-9_*\-]*$")
+
+
+def _show(value, limit=40):
+    """A JSON value as it appears in an error message: short, whatever its size."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Record:
@@ -79,52 +104,96 @@ def _classify_host(host):
     except ValueError:
         pass
     if _IPV4ISH.match(host) or ":" in host:
-        raise RecordError(f"host {host!r} is not a valid IP address")
+        raise RecordError(f"host {_show(host)} is not a valid IP address", "host")
     name = host.rstrip(".").lower()
     if not name:
-        raise RecordError("host is empty after removing the trailing dot")
+        raise RecordError("host is empty after removing the trailing dot", "host")
     labels = name.split(".")
     if len(name) > 253 or not all(_LABEL_RE.match(label) for label in labels):
-        raise RecordError(f"host {host!r} is neither an IP address nor a valid domain name")
+        raise RecordError(f"host {_show(host)} is neither an IP address nor a valid domain "
+                          "name", "host")
     return None, None, name + "."
 
 
-def parse_record(key: str, value: bytes | str, lease: int = 0) -> Record:
+def parse_record(key: str, value: bytes | str, lease: int = 0,
+                 prefix: str = "skydns") -> Record:
     """Parse one etcd value into a Record, or raise RecordError naming what is wrong.
 
     Unknown JSON keys are ignored and known ones match case-insensitively, as in SkyDNS
-    (Go's encoding/json). Wrong types are errors, not silently zeroed.
+    (Go's encoding/json). Wrong types are errors, not silently zeroed. Anything that could
+    not be put in a DNS answer (a key that is no DNS name, text too long for a message) is
+    refused here, once, rather than failing every query that reaches it.
     """
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError:
-            raise RecordError("value is not UTF-8") from None
+            raise RecordError("value is not UTF-8", "encoding") from None
     try:
         obj = json.loads(value)
-    except ValueError as exc:
-        raise RecordError(f"value is not JSON ({exc.msg} at position {exc.pos})") from None
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"value is not JSON ({exc.msg} at position {exc.pos})",
+                          "json") from None
+    except RecursionError:
+        raise RecordError("value is not usable JSON (nested too deeply)", "json") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise RecordError(f"value is not usable JSON ({_first_words(exc)})", "json") from None
     if not isinstance(obj, dict):
-        raise RecordError(f"value is JSON {type(obj).__name__}, not an object")
+        raise RecordError(f"value is JSON {type(obj).__name__}, not an object", "type")
     fields = {}
     for name, val in obj.items():
         name = name.lower()
         if name in _INT_FIELDS:
             if isinstance(val, bool) or not isinstance(val, int):
-                raise RecordError(f"{name} must be an integer, got {json.dumps(val)}")
+                raise RecordError(f"{name} must be an integer, got {_show(val)}", "type")
             low, high = _INT_FIELDS[name]
             if not low <= val <= high:
-                raise RecordError(f"{name} {val} is outside {low}..{high}")
+                raise RecordError(f"{name} {_show(val)} is outside {low}..{high}", "range")
             fields[name] = val
         elif name in _STR_FIELDS:
             if not isinstance(val, str):
-                raise RecordError(f"{name} must be a string, got {json.dumps(val)}")
+                raise RecordError(f"{name} must be a string, got {_show(val)}", "type")
             fields[name] = val
         elif name == "mail":
             if not isinstance(val, bool):
-                raise RecordError(f"mail must be true or false, got {json.dumps(val)}")
+                raise RecordError(f"mail must be true or false, got {_show(val)}", "type")
             fields[name] = val
+    if "text" in fields:
+        _check_text(fields["text"])
+    _check_key(key, prefix)
     return Record(key, lease=lease, **fields)
+
+
+def _first_words(exc, limit=80):
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_text(text: str):
+    """TXT data is sent as 255-byte strings, each with a length byte: it must fit a message."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise RecordError("text is not valid Unicode (lone surrogate)", "encoding") from None
+    if size > MAX_TEXT_BYTES:
+        raise RecordError(f"text of {size} bytes cannot fit in a DNS message "
+                          f"(at most {MAX_TEXT_BYTES} bytes)", "size")
+
+
+def _check_key(key: str, prefix: str):
+    """The key's name is used as an owner and as SRV/MX/NS targets: it must be a DNS name."""
+    labels = key_labels(key, prefix)
+    wire = sum(len(label) + 1 for label in labels) + 1
+    if _PLAIN_KEY.match(key) and wire <= MAX_NAME_WIRE and all(
+            len(label) <= 63 for label in labels):
+        return  # the common case, checked without building a name
+    import dns.name  # only for unusual keys
+    try:
+        name = dns.name.from_text(key_to_name(key, prefix))
+        name.to_wire()
+    except Exception as exc:  # dnspython has several error types for bad names
+        raise RecordError(f"key is not a valid DNS name ({exc.__class__.__name__}: "
+                          f"{_first_words(exc)})", "key") from None
 
 
 def name_labels(name: str) -> list[str]:

@@ -216,7 +216,7 @@ class Resolver:
 
     def make_response(self, request, aa):
         response = dns.message.make_response(request, recursion_available=True,
-                                             our_payload=4096)
+                                             our_payload=self.config.max_udp_size)
         if aa:
             response.flags |= dns.flags.AA
         return response
@@ -243,8 +243,10 @@ class Resolver:
     @defer.inlineCallbacks
     def forward(self, request, wire, tcp, system):
         qname = request.question[0].name
-        if self.config.no_rec or len(qname) - 1 < self.config.ndots:
-            response = dns.message.make_response(request)
+        if len(qname) - 1 < self.config.ndots and qname != dns.name.root:
+            return self.short_name(request, system)
+        if self.config.no_rec:
+            response = dns.message.make_response(request, recursion_available=True)
             response.set_rcode(dns.rcode.SERVFAIL)
             self.metrics.error("norec")
             return Reply(response, system=system)
@@ -252,7 +254,9 @@ class Resolver:
         # part of the key: a reply fetched for a 4096-byte client never goes to a 512 one.
         key = ResponseCache.key(qname, request.question[0].rdtype, request.question[0].rdclass,
                                 bool(request.ednsflags & dns.flags.DO),
-                                "tcp" if tcp else (request.edns, wirefmt.udp_limit(request)))
+                                "tcp" if tcp else (request.edns,
+                                                  wirefmt.udp_limit(request,
+                                                                    self.config.max_udp_size)))
         cached = self.rcache.get(key)
         if cached is not None:
             return Reply(wire=wire[:2] + cached[2:], system="cache")
@@ -267,6 +271,24 @@ class Resolver:
         if reply[3] & 0x0F in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             self.rcache.put(key, reply)
         return Reply(wire=reply, system=system)
+
+    def short_name(self, request, system):
+        """NXDOMAIN, with a root SOA for negative caching, for a name with fewer labels than
+        ``ndots``: not forwarded, as in SkyDNS, but a definite answer instead of SkyDNS's
+        SERVFAIL. A pod's ndots:5 search path ends in the bare name (``nonexistent.``), and
+        on SERVFAIL musl waits and retries, Go says "server misbehaving", glibc and c-ares
+        report a temporary failure. Cached like an authoritative answer."""
+        response = dns.message.make_response(request, recursion_available=True,
+                                             our_payload=self.config.max_udp_size)
+        response.set_rcode(dns.rcode.NXDOMAIN)
+        serial = int(time.time()) // 3600 * 3600 & 0xFFFFFFFF
+        response.authority.append(dns.rrset.from_text(
+            dns.name.root, self.config.min_ttl, dns.rdataclass.IN, T.SOA,
+            f"a.root-servers.net. nstld.verisign-grs.com. {serial} 1800 900 604800 "
+            f"{self.config.min_ttl}"))
+        self.metrics.error("nxdomain")
+        # A stub zone created later for this name must replace the cached answer.
+        return Reply(response, system=system, cacheable=True, deps=(self.config.stub_labels,))
 
     @defer.inlineCallbacks
     def forward_stub(self, request, servers, tcp):

@@ -10,6 +10,7 @@ changed key's labels, so caches of computed answers can drop exactly what depend
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import time
@@ -36,7 +37,7 @@ class RecordStore:
         self.root = Node()
         self.count = 0
         self.bad = {}                  # key -> reason, for keys whose value was skipped
-        self.bad_total = 0             # every skipped value ever seen (a metrics counter)
+        self.skipped = collections.Counter()  # reason kind -> values skipped (a counter)
         self.lease_expiry = {}         # lease id -> clock() when it runs out
         self.revision = 0
         self.loaded = False
@@ -57,7 +58,10 @@ class RecordStore:
             if self._is_config(key):
                 config_value = value
                 continue
-            self._put(key, value, lease, quiet=old_bad.get(key))
+            try:
+                self._put(key, value, lease, quiet=old_bad.get(key))
+            except Exception:  # one key never costs the load of the others
+                log.exception("could not load %s; skipping it", key)
         self.revision = revision
         self.loaded = True
         log.info("loaded %d records from etcd at revision %d (%d skipped)",
@@ -72,18 +76,24 @@ class RecordStore:
         if leases:
             self.lease_expiry.update(leases)
         for kind, key, value, lease in events:
-            if self._is_config(key):
-                for listener in self.config_listeners:
-                    listener(value if kind == "put" else None)
-                continue
-            if kind == "put":
-                self._put(key, value, lease)
-            else:
-                self._delete(key)
-            labels = tuple(key_labels(key, self.prefix))
-            for listener in self.change_listeners:
-                listener(labels)
+            try:
+                self._apply_one(kind, key, value, lease)
+            except Exception:  # never lose the other events of this response
+                log.exception("could not apply the %s of %s; skipping it", kind, key)
         self.revision = max(self.revision, revision)
+
+    def _apply_one(self, kind, key, value, lease):
+        if self._is_config(key):
+            for listener in self.config_listeners:
+                listener(value if kind == "put" else None)
+            return
+        if kind == "put":
+            self._put(key, value, lease)
+        else:
+            self._delete(key)
+        labels = tuple(key_labels(key, self.prefix))
+        for listener in self.change_listeners:
+            listener(labels)
 
     def _is_config(self, key: str) -> bool:
         return key.strip("/") == self.prefix + "/config"
@@ -93,15 +103,13 @@ class RecordStore:
         if not labels:
             return
         try:
-            record = parse_record(key, value, lease)
+            record = parse_record(key, value, lease, self.prefix)
         except RecordError as exc:
-            reason = str(exc)
-            previous = self.bad.get(key, quiet)
-            self._delete(key)
-            if previous != reason:  # log a key once per distinct problem, not per write
-                log.warning("skipping record %s: %s", key, reason)
-                self.bad_total += 1
-            self.bad[key] = reason
+            self._skip(key, str(exc), exc.kind, quiet)
+            return
+        except Exception as exc:  # a bug or a value we did not foresee: still only this key
+            self._skip(key, f"unexpected {exc.__class__.__name__} while parsing", "internal",
+                       quiet)
             return
         self.bad.pop(key, None)
         node = self.root
@@ -114,6 +122,16 @@ class RecordStore:
         if node.record is None:
             self.count += 1
         node.record = record
+
+    def _skip(self, key, reason, kind, quiet=None):
+        """Drop a bad value: the key serves nothing, and each distinct problem is logged
+        and counted once (not on every rewrite of the same bad value)."""
+        previous = self.bad.get(key, quiet)
+        self._delete(key)
+        if previous != reason:
+            log.warning("skipping record %s: %s", key, reason)
+            self.skipped[kind] += 1
+        self.bad[key] = reason
 
     def _delete(self, key):
         self.bad.pop(key, None)

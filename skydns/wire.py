@@ -43,11 +43,22 @@ def formerr(wire: bytes) -> bytes | None:
     return wire[:2] + bytes([0x80 | (wire[2] & 0x79), dns.rcode.FORMERR]) + b"\x00" * 8
 
 
-def udp_limit(request: dns.message.Message) -> int:
-    """512 without EDNS0, else the client's advertised size (never below 512)."""
+def udp_limit(request: dns.message.Message, cap: int = 65535) -> int:
+    """512 without EDNS0, else the client's advertised size (never below 512), at most
+    ``cap``: a small query claiming a 64 KB buffer must not buy a 64 KB reply (DNS Flag
+    Day 2020: 1232 bytes avoids fragmentation, and fragments are what spoofers exploit)."""
     if request.edns < 0:
         return 512
-    return max(512, min(request.payload, 65535))
+    return max(512, min(request.payload, cap))
+
+
+def truncated(request: dns.message.Message, reply: bytes, payload: int) -> bytes:
+    """A relayed reply too big for UDP, cut to its header and question with TC set, so
+    the client retries over TCP (what an upstream would have sent for a smaller buffer)."""
+    response = dns.message.make_response(request, our_payload=payload)
+    response.flags = (reply[2] << 8 | reply[3]) & ~0x000F | dns.flags.TC
+    response.set_rcode(reply[3] & 0x0F)
+    return to_wire(response)
 
 
 def to_wire(message: dns.message.Message, limit: int = 65535) -> bytes:

@@ -1134,6 +1134,20 @@ def test_sigterm_stops_kube2sky_promptly(fresh):
     assert log_lines(k2s, "stopping")
 
 
+def test_sighup_is_harmless_and_sigterm_still_stops(fresh):
+    """Operators and init systems send SIGHUP; by default it would kill the process."""
+    f = fresh()
+    k2s = f.kube2sky()
+    k2s.proc.send_signal(signal.SIGHUP)
+    f.kube.service("hup", "web", [{"name": "http", "port": 80}], cluster_ip="10.96.96.1")
+    wait_etcd_equals(f.etcd, {**BASELINE, **cluster_ip_keys("hup", "web", "10.96.96.1",
+                                                            [("http", 80, "tcp")])})
+    assert k2s.alive() and k2s.readiness()[0] == 200
+    assert log_lines(k2s, "SIGHUP ignored")
+    k2s.proc.send_signal(signal.SIGTERM)
+    assert k2s.proc.wait(timeout=5) == 0
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--no-such-flag=1"], "unrecognized arguments"),
     (["--endpoints-source=bogus"], "endpoints-source"),

@@ -1,0 +1,392 @@
+"""Hardening: what a bad record, a greedy client or a signal must not do to cluster DNS.
+
+Against a real etcd and real skydns processes over real sockets:
+- bad values in etcd (at load and in a watch transaction beside good keys) are skipped one
+  key at a time, logged once and counted by reason; everything else is served;
+- values that cannot fit in a DNS message are refused when read, not on every query;
+- UDP replies are capped (-max-udp-size, default 1232) whatever buffer the client claims,
+  authoritative and relayed alike; TCP still gets the whole answer;
+- names at or below an underscore label answer only SRV and TXT; never two CNAMEs for one
+  owner; names with fewer labels than -ndots get NXDOMAIN with a root SOA, not SERVFAIL;
+- SIGHUP is harmless, SIGTERM still stops.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from procs import free_port, wait_for
+from test_operations import (CountingUpstream, http_get, key_of, metric, put, put_many,
+                             raw_udp, running)
+
+D = "skydns.local."
+
+# Bad values, each with the reason kind it must be counted under.
+BAD_VALUES = {
+    "digits": ('{"host":"10.0.0.1","port":' + "9" * 5000 + "}", "json"),
+    "deep": ("[" * 100000 + "]" * 100000, "json"),
+    "deepobj": ('{"host":' + "[" * 500 + "]" * 500 + "}", "type"),
+    "hugetxt": (json.dumps({"text": "t" * 70000}), "size"),
+    "surrogate": ('{"text":"\\ud800"}', "encoding"),
+    "notjson": ("{host:", "json"),
+}
+
+
+def with_metrics(start, *flags, **kwargs):
+    """``start(*flags)`` with /metrics on a port of its own: (server, metrics port)."""
+    port = free_port()
+    kwargs["env"] = {"PROMETHEUS_PORT": str(port)}
+    server = start(*flags, **kwargs)
+    return server, port
+
+
+def scrape(port):
+    status, text = http_get(port, "/metrics")
+    assert status == 200
+    return text
+
+
+def skipped(port, reason):
+    return metric(scrape(port), "skydns_records_skipped_total", {"reason": reason}) or 0
+
+
+def ask(sky, name, rdtype, tcp=False):
+    """A query whose reply keeps one RR per RRset: dnspython would otherwise keep only one
+    CNAME per owner while parsing, hiding exactly the duplicates we look for."""
+    query = dns.message.make_query(name, rdtype)
+    if tcp:
+        return dns.query.tcp(query, "127.0.0.1", port=sky.port, timeout=3.0,
+                             one_rr_per_rrset=True)
+    return dns.query.udp(query, "127.0.0.1", port=sky.port, timeout=3.0,
+                         one_rr_per_rrset=True)
+
+
+def log_count(sky, *words):
+    return sum(1 for line in sky.output().splitlines() if all(w in line for w in words))
+
+
+class TestBadDataAtLoad:
+    """Bad values already in etcd when skydns starts: it must still load and serve."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def sky(cls, etcd):
+        client = etcd.client()
+        client.delete_prefix("/bad/")
+        items = [(f"/bad/local/skydns/zone/{name}", value)
+                 for name, (value, _) in BAD_VALUES.items()]
+        items += [("/bad/local/skydns/zone/good", {"host": "10.0.0.7"}),
+                  ("/bad/local/skydns/zone/text", {"text": "fine"}),
+                  ("/bad/local/skydns/" + "/".join(["abcdefghijklmnop"] * 16) + "/x",
+                   {"host": "10.0.0.8"})]  # a key whose name is longer than 255 bytes
+        put_many(client, items)
+        port = free_port()
+        with running(etcd.url, "-path-prefix=bad", env={"PROMETHEUS_PORT": str(port)}) as server:
+            server.metrics_port = port
+            yield server
+        client.delete_prefix("/bad/")
+        client.close()
+
+    def test_loads_and_is_healthy(self, sky):
+        status, body = sky.healthz()
+        assert status == 200, body
+
+    @pytest.mark.parametrize("tcp", [False, True])
+    def test_good_records_beside_bad_ones_are_served(self, sky, tcp):
+        reply = sky.query(f"good.zone.{D}", "A", tcp=tcp)
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert [rd.address for rd in reply.answer[0]] == ["10.0.0.7"]
+        # the name above the bad keys answers with the good ones only, promptly
+        reply = sky.query(f"zone.{D}", "A", tcp=tcp)
+        assert sorted(rd.address for rrset in reply.answer for rd in rrset) == ["10.0.0.7"]
+        reply = sky.query(f"zone.{D}", "TXT", tcp=tcp)
+        assert [rd.strings for rrset in reply.answer for rd in rrset] == [(b"fine",)]
+
+    @pytest.mark.parametrize("name", sorted(BAD_VALUES))
+    def test_bad_key_answers_nxdomain(self, sky, name):
+        for rdtype in ("A", "TXT", "SRV"):
+            reply = sky.query(f"{name}.zone.{D}", rdtype)
+            assert reply.rcode() == dns.rcode.NXDOMAIN, (name, rdtype)
+
+    def test_each_bad_key_counted_by_reason_and_logged_once(self, sky):
+        expected = {}
+        for _, kind in BAD_VALUES.values():
+            expected[kind] = expected.get(kind, 0) + 1
+        expected["key"] = 1
+        for kind, count in expected.items():
+            assert skipped(sky.metrics_port, kind) == count, kind
+        for _ in range(3):  # queries never log again
+            sky.query(f"zone.{D}", "TXT")
+            sky.query(f"zone.{D}", "SRV")
+        for name in BAD_VALUES:
+            assert log_count(sky, "skipping record", f"/zone/{name}:") == 1, name
+        assert log_count(sky, "Traceback") == 0
+        assert log_count(sky, "skipping record", "cannot fit in a DNS message") == 1
+
+
+def test_bad_values_in_one_watch_transaction_lose_nothing(etcd_client, start_skydns):
+    """One etcd response carries several events: a bad one must not drop the others."""
+    sky, mport = with_metrics(start_skydns)
+    put(etcd_client, f"before.{D}", {"host": "10.0.1.1"})
+    wait_for(lambda: sky.query(f"before.{D}").answer, what="first record")
+    ops = [etcd_client.transactions.put(key_of(f"{name}.tx.{D}"), value)
+           for name, (value, _) in BAD_VALUES.items()]
+    ops.insert(2, etcd_client.transactions.put(key_of(f"good1.tx.{D}"), '{"host":"10.0.1.2"}'))
+    ops.append(etcd_client.transactions.put(key_of(f"good2.tx.{D}"), '{"host":"10.0.1.3"}'))
+    etcd_client.transaction(compare=[], success=ops, failure=[])
+    for name, address in (("good1", "10.0.1.2"), ("good2", "10.0.1.3")):
+        reply = wait_for(lambda: sky.query(f"{name}.tx.{D}").answer, timeout=5,
+                         what=f"{name} from the same transaction")
+        assert reply[0][0].address == address
+    reply = sky.query(f"tx.{D}", "A")
+    assert sorted(rd.address for rrset in reply.answer for rd in rrset) == [
+        "10.0.1.2", "10.0.1.3"]
+    for name, (value, kind) in BAD_VALUES.items():
+        assert sky.query(f"{name}.tx.{D}").rcode() == dns.rcode.NXDOMAIN
+    assert skipped(mport, "json") == 3 and skipped(mport, "size") == 1
+    # the same bad value written again is not logged or counted again
+    etcd_client.put(key_of(f"hugetxt.tx.{D}"), BAD_VALUES["hugetxt"][0])
+    put(etcd_client, f"after.{D}", {"host": "10.0.1.4"})
+    wait_for(lambda: sky.query(f"after.{D}").answer, what="a later record")
+    assert skipped(mport, "size") == 1
+    assert log_count(sky, "skipping record", "/tx/hugetxt:") == 1
+    # a bad value replaced by a good one is served
+    put(etcd_client, f"hugetxt.tx.{D}", {"text": "small now"})
+    reply = wait_for(lambda: sky.query(f"hugetxt.tx.{D}", "TXT").answer, what="fixed value")
+    assert reply[0][0].strings == (b"small now",)
+    assert metric(scrape(mport), "skydns_skipped_records") == len(BAD_VALUES) - 1
+
+
+def test_largest_text_that_fits_is_served_over_tcp(etcd_client, start_skydns):
+    """The parse-time limit is exactly what one message can carry."""
+    from skydns.record import MAX_TEXT_BYTES
+    sky = start_skydns()
+    put(etcd_client, f"max.{D}", {"text": "m" * MAX_TEXT_BYTES})
+    put(etcd_client, f"over.{D}", {"text": "o" * (MAX_TEXT_BYTES + 1)})
+    reply = wait_for(lambda: sky.query(f"max.{D}", "TXT", tcp=True).answer, what="max TXT")
+    assert sum(len(s) for s in reply[0][0].strings) == MAX_TEXT_BYTES
+    assert sky.query(f"over.{D}", "TXT", tcp=True).rcode() == dns.rcode.NXDOMAIN
+    reply = sky.query(f"max.{D}", "TXT")  # UDP: truncated, never silence
+    assert reply.flags & dns.flags.TC
+
+
+# -- UDP amplification ------------------------------------------------------------------------
+
+class TestUdpCap:
+    N = 400
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def big_upstream(cls):
+        server = CountingUpstream({("wide.example.com.", "A"):
+                                   [f"192.0.2.{i % 250 + 1}" for i in range(60)] +
+                                   [f"198.51.100.{i % 250 + 1}" for i in range(60)] +
+                                   [f"203.0.113.{i % 250 + 1}" for i in range(60)]})
+        yield server
+        server.close()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def records(cls, etcd):
+        client = etcd.client()
+        client.delete_prefix("/amp/")
+        put_many(client, [(f"/amp/local/skydns/svc/s{i}/_tcp/_http/x",
+                           {"host": f"10.2.{i // 250}.{i % 250 + 1}", "port": 80})
+                          for i in range(cls.N)])
+        yield
+        client.delete_prefix("/amp/")
+        client.close()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def sky(cls, etcd, records, big_upstream):
+        with running(etcd.url, "-path-prefix=amp", upstream=big_upstream.address) as server:
+            yield server
+
+    def _udp(self, sky, name, rdtype, payload):
+        query = dns.message.make_query(name, rdtype, use_edns=0, payload=payload)
+        wire = raw_udp(sky.port, query.to_wire(), timeout=5)
+        assert wire is not None
+        return query, wire, dns.message.from_wire(wire, ignore_trailing=True)
+
+    def test_wide_answer_capped_at_1232_with_tc(self, sky):
+        query, wire, reply = self._udp(sky, f"*.svc.{D}", "SRV", 65535)
+        assert len(wire) <= 1232
+        assert reply.flags & dns.flags.TC and reply.id == query.id
+        assert len(wire) / len(query.to_wire()) < 30  # was ~970x before the cap
+        assert reply.payload <= 1232  # and we do not advertise more than we send
+
+    def test_tcp_still_gets_everything(self, sky):
+        reply = sky.query(f"*.svc.{D}", "SRV", tcp=True, use_edns=0, payload=65535)
+        assert not reply.flags & dns.flags.TC
+        assert sum(len(rrset) for rrset in reply.answer) == self.N
+
+    def test_small_client_buffers_still_respected(self, sky):
+        _, wire, reply = self._udp(sky, f"*.svc.{D}", "SRV", 600)
+        assert len(wire) <= 600 and reply.flags & dns.flags.TC
+
+    def test_forwarded_reply_capped_too(self, sky, big_upstream):
+        query, wire, reply = self._udp(sky, "wide.example.com.", "A", 65535)
+        assert len(wire) <= 1232
+        assert reply.flags & dns.flags.TC and reply.id == query.id
+        assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.RA
+        assert reply.question[0].name.to_text() == "wide.example.com."
+        full = sky.query("wide.example.com.", "A", tcp=True)
+        assert len(full.answer[0]) == 180
+
+    def test_flag_raises_the_cap(self, etcd, records):
+        with running(etcd.url, "-path-prefix=amp", "-max-udp-size=4096") as sky:
+            _, wire, reply = self._udp(sky, f"*.svc.{D}", "SRV", 65535)
+            assert 1232 < len(wire) <= 4096 and reply.flags & dns.flags.TC
+
+
+# -- answers that real resolvers misread ------------------------------------------------------
+
+SOA_OWNER = D
+
+
+class TestInterop:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def sky(cls, etcd):
+        client = etcd.client()
+        client.delete_prefix("/interop/")
+        p = "/interop/local/skydns"
+        put_many(client, [
+            (f"{p}/svc/web/1", {"host": "10.3.0.1"}),
+            (f"{p}/svc/web/_tcp/_http/1", {"host": "web.svc.skydns.local", "port": 80}),
+            (f"{p}/svc/web/_tcp/_https/1", {"host": "web.svc.skydns.local", "port": 443}),
+            (f"{p}/svc/web/_tcp/_http/txt", {"text": "attribute text"}),
+            # two name hosts under one name, and one whose target does not exist
+            (f"{p}/multi/a", {"host": "gone.skydns.local"}),
+            (f"{p}/multi/b", {"host": "t1.skydns.local"}),
+            (f"{p}/multi/c", {"host": "t2.skydns.local"}),
+            (f"{p}/t1", {"host": "10.3.1.1"}),
+            (f"{p}/t2", {"host": "10.3.2.2"}),
+            (f"{p}/srv/1", {"host": "multi.skydns.local", "port": 53}),
+        ])
+        with running(etcd.url, "-path-prefix=interop") as server:
+            yield server
+        client.delete_prefix("/interop/")
+        client.close()
+
+    @pytest.mark.parametrize("tcp", [False, True])
+    @pytest.mark.parametrize("rdtype", ["A", "AAAA", "CNAME", "MX", "PTR"])
+    def test_attribute_names_answer_nodata(self, sky, rdtype, tcp):
+        for name in (f"_http._tcp.web.svc.{D}", f"_tcp.web.svc.{D}"):
+            for _ in range(2):  # the second answer comes from the wire cache
+                reply = sky.query(name, rdtype, tcp=tcp)
+                assert reply.rcode() == dns.rcode.NOERROR, (name, rdtype)
+                assert reply.answer == [], (name, rdtype, reply.answer)
+                assert reply.flags & dns.flags.AA
+                assert [r.rdtype for r in reply.authority] == [dns.rdatatype.SOA]
+                assert reply.authority[0].name.to_text() == SOA_OWNER
+
+    def test_attribute_names_keep_srv_and_txt(self, sky):
+        reply = sky.query(f"_http._tcp.web.svc.{D}", "SRV")
+        assert [(rd.port, rd.target.to_text()) for rd in reply.answer[0]] == [
+            (80, f"web.svc.{D}")]
+        reply = sky.query(f"_http._tcp.web.svc.{D}", "TXT")
+        assert [rd.strings for rd in reply.answer[0]] == [(b"attribute text",)]
+
+    def test_missing_attribute_name_is_nxdomain(self, sky):
+        reply = sky.query(f"_ftp._tcp.web.svc.{D}", "A")
+        assert reply.rcode() == dns.rcode.NXDOMAIN
+
+    def test_service_address_unchanged(self, sky):
+        reply = sky.query(f"web.svc.{D}", "A")
+        assert [rd.address for rd in reply.answer[0]] == ["10.3.0.1"]
+
+    @pytest.mark.parametrize("tcp", [False, True])
+    def test_one_cname_per_owner_the_first_that_resolves(self, sky, tcp):
+        seen = set()
+        for _ in range(5):
+            reply = ask(sky, f"multi.{D}", "A", tcp=tcp)
+            cnames = [rrset for rrset in reply.answer if rrset.rdtype == dns.rdatatype.CNAME]
+            assert len(cnames) == 1, reply.answer
+            # key order: a (gone: does not resolve), then b -> t1
+            assert cnames[0][0].target.to_text() == f"t1.{D}"
+            addresses = [rd.address for rrset in reply.answer
+                         if rrset.rdtype == dns.rdatatype.A for rd in rrset]
+            assert addresses == ["10.3.1.1"]
+            seen.add(reply.to_wire()[2:])
+        assert len(seen) == 1
+
+    def test_one_cname_per_owner_in_additional(self, sky):
+        reply = ask(sky, f"srv.{D}", "SRV")
+        owners = {}
+        for rrset in reply.additional:
+            if rrset.rdtype == dns.rdatatype.CNAME:
+                owners[rrset.name] = owners.get(rrset.name, 0) + len(rrset)
+        assert owners and all(count == 1 for count in owners.values()), reply.additional
+
+
+class TestShortNames:
+    """Names with fewer labels than -ndots (2): a pod's search path ends with them."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def up(cls):
+        server = CountingUpstream()
+        yield server
+        server.close()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def sky(cls, etcd, up):
+        with running(etcd.url, upstream=up.address) as server:
+            yield server
+
+    @pytest.mark.parametrize("tcp", [False, True])
+    @pytest.mark.parametrize("name", ["nonexistent.", "localhost.", "Wpad."])
+    def test_nxdomain_with_root_soa_not_forwarded(self, sky, up, name, tcp):
+        up.reset()
+        for _ in range(2):
+            started = time.monotonic()
+            reply = sky.query(name, "A", tcp=tcp)
+            assert time.monotonic() - started < 1.0
+            assert reply.rcode() == dns.rcode.NXDOMAIN
+            assert reply.flags & dns.flags.RA and not reply.flags & dns.flags.AA
+            assert len(reply.authority) == 1
+            soa = reply.authority[0]
+            assert soa.rdtype == dns.rdatatype.SOA and soa.name.to_text() == "."
+            assert soa[0].minimum == soa.ttl == 60
+            assert reply.question[0].name.to_text() == name  # the client's spelling
+        assert up.queries == []
+
+    def test_longer_names_still_forwarded(self, sky, up):
+        up.reset()
+        reply = sky.query("www.example.com.", "A")
+        assert [rd.address for rd in reply.answer[0]] == ["192.0.2.10"]
+        assert len(up.queries) == 1
+
+    def test_root_is_forwarded(self, sky, up):
+        up.reset()
+        sky.query(".", "NS")
+        assert len(up.queries) == 1
+
+
+# -- signals ------------------------------------------------------------------------------------
+
+def test_sighup_is_harmless_and_sigterm_still_stops(etcd_client, start_skydns):
+    sky = start_skydns()
+    put(etcd_client, f"hup.{D}", {"host": "10.4.0.1"})
+    wait_for(lambda: sky.query(f"hup.{D}").answer, what="record")
+    for _ in range(3):
+        sky.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert sky.proc.poll() is None, sky.output()[-2000:]
+    assert sky.query(f"hup.{D}").answer[0][0].address == "10.4.0.1"
+    assert sky.healthz()[0] == 200
+    assert log_count(sky, "SIGHUP ignored") >= 1
+    sky.proc.send_signal(signal.SIGTERM)
+    assert sky.proc.wait(timeout=5) == 0
