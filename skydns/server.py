@@ -20,17 +20,23 @@ import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReadDescriptor
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from . import wire as wirefmt
+from .resolver import RateLimitedLog
 
 log = logging.getLogger("skydns.server")
 
 BATCH = 512
 TCP_IDLE_TIMEOUT = 10
+# Per TCP connection: stop reading queries while more than this many bytes of replies are
+# waiting to be sent (the transport's bufferSize; it pauses us, as a streaming producer),
+TCP_WRITE_BUFFER = 64 * 1024
+# and while this many queries wait for an answer that is not ready yet (forwarded upstream).
+TCP_MAX_IN_FLIGHT = 32
 
 
 class QueryHandler:
@@ -41,6 +47,7 @@ class QueryHandler:
         self.cache = cache
         self.metrics = metrics
         self.config = config
+        self.failure_log = RateLimitedLog(log, interval=60.0)
 
     def handle(self, data: bytes, tcp: bool):
         """Reply bytes, a Deferred firing with them (or None), or None to send nothing."""
@@ -58,14 +65,25 @@ class QueryHandler:
         try:
             d = self.resolver.resolve(request, data, tcp)
         except Exception:
-            log.exception("failed to answer %s", request.question)
-            self.metrics.error("internal")
-            return self._servfail(request)
+            return self._internal_error(request)
         if d.called:  # answered synchronously: no upstream involved
             result = []
             d.addBoth(result.append)
             return self._finish(result[0], request, data, tcp, started)
         return d.addBoth(self._finish, request, data, tcp, started)
+
+    def _internal_error(self, request, failure=None):
+        """SERVFAIL for a query we failed to answer; the traceback is logged at most once
+        per interval, so a record that trips a bug cannot flood the log query by query."""
+        self.metrics.error("internal")
+        if failure is None:
+            failure = Failure()
+        self.failure_log.warn("failed to answer %s: %s", request.question,
+                              failure.getTraceback())
+        try:
+            return self._servfail(request)
+        except Exception:
+            return None
 
     def _servfail(self, request):
         response = dns.message.make_response(request)
@@ -76,24 +94,32 @@ class QueryHandler:
         if reply is None:
             return None  # deliberately unanswered (a stub-forwarding loop)
         if isinstance(reply, Failure):
-            log.error("failed to answer %s: %s", request.question, reply.getTraceback())
-            self.metrics.error("internal")
-            return self._servfail(request)
-        if reply.wire is not None:
-            out = reply.wire
-        else:
-            limit = 65535 if tcp else wirefmt.udp_limit(request)
-            out = wirefmt.render(reply.message, limit, tcp)
-            if out[2] & 0x02:
-                self.metrics.error("truncated")
-            if reply.cacheable and len(out) <= wirefmt.CACHEABLE_SIZE and not out[2] & 0x02:
-                self._store(reply, data, out)
+            return self._internal_error(request, reply)
+        try:
+            out = self._render(reply, request, data, tcp)
+        except Exception:
+            return self._internal_error(request)
         self.metrics.observe(reply.system, time.perf_counter() - started, len(out))
         if self.config.verbose:
             q = request.question[0]
             log.info("%s %s %s -> %s %d bytes (%s)", "tcp" if tcp else "udp", q.name,
                      dns.rdatatype.to_text(q.rdtype), dns.rcode.to_text(out[3] & 0x0F),
                      len(out), reply.system)
+        return out
+
+    def _render(self, reply, request, data, tcp):
+        limit = 65535 if tcp else wirefmt.udp_limit(request, self.config.max_udp_size)
+        if reply.wire is not None:  # relayed from upstream or the response cache
+            out = reply.wire
+            if len(out) > limit:
+                out = wirefmt.truncated(request, out, self.config.max_udp_size)
+                self.metrics.error("truncated")
+            return out
+        out = wirefmt.render(reply.message, limit, tcp)
+        if out[2] & 0x02:
+            self.metrics.error("truncated")
+        if reply.cacheable and len(out) <= wirefmt.CACHEABLE_SIZE and not out[2] & 0x02:
+            self._store(reply, data, out)
         return out
 
     def _store(self, reply, data, out):
@@ -195,13 +221,52 @@ class UDPServer:
                 log.debug("could not send to %s: %s", addr, exc)
 
 
+@implementer(IHalfCloseableProtocol)
 class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
-    """DNS over TCP: length-prefixed messages, several per connection, idle timeout."""
+    """DNS over TCP: length-prefixed messages, several per connection, idle timeout.
+
+    Flow control: the protocol is its transport's streaming producer, so a client that
+    pipelines queries and never reads cannot make us buffer replies without limit. When
+    more than TCP_WRITE_BUFFER bytes of replies are unsent, the transport calls
+    ``pauseProducing()``: parsing stops at the next message (one 64 KB read can hold two
+    thousand queries) and reading stops; ``resumeProducing()``, once the buffer drained,
+    goes on. Reading also stops while TCP_MAX_IN_FLIGHT queries wait for a Deferred (e.g.
+    forwarded upstream), until one completes. The two reasons are tracked apart: reading
+    resumes only when neither holds. Replies are written as they complete, in any order
+    (RFC 7766 6.2.1.1), and never once the connection is closing or closed.
+
+    A client may half-close after its last query (FIN): everything it sent is answered,
+    answers pending upstream included, then the connection is closed. The idle timeout
+    closes a connection that sent no query for ``factory.idle_timeout`` seconds, and aborts
+    it when replies are still unsent (``loseConnection()`` would wait for them forever if
+    the client stopped reading).
+    """
+
+    _write_full = False  # the transport holds more unsent replies than its bufferSize
+    _in_flight = 0       # queries whose answer is a Deferred still pending
+    _read_eof = False    # the client half-closed: no more queries will come
+    _closing = False     # closing or closed: handle and send nothing more
+    _parsing = False     # inside dataReceived
 
     def connectionMade(self):
-        self.setTimeout(TCP_IDLE_TIMEOUT)
+        self.transport.bufferSize = TCP_WRITE_BUFFER
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self.factory.idle_timeout)
+
+    def dataReceived(self, data):
+        if self._parsing:
+            return  # a resume (b"") from inside the loop, which re-checks self.paused itself
+        self._parsing = True
+        try:
+            Int16StringReceiver.dataReceived(self, data)  # stops at the next message if paused
+        finally:
+            self._parsing = False
+        if self._read_eof:
+            self._finish_if_done()
 
     def stringReceived(self, data):
+        if self._closing:
+            return
         self.resetTimeout()
         cached = self.factory.cache.answer(data)
         if cached is not None:
@@ -211,23 +276,119 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
             out = self.factory.handler.handle(data, tcp=True)
         except Exception:
             log.exception("unexpected error handling a TCP query")
-            self.transport.loseConnection()
+            self._close()
             return
         if isinstance(out, defer.Deferred):
-            out.addCallback(self._send)
+            self._in_flight += 1
+            if self._in_flight >= TCP_MAX_IN_FLIGHT:
+                self._update()
+            out.addBoth(self._answered)
         else:
             self._send(out)
 
+    def _answered(self, out):
+        self._in_flight -= 1
+        if isinstance(out, Failure):
+            log.error("no TCP reply: %s", out.getErrorMessage())
+        else:
+            self._send(out)
+        if not self._closing:
+            self._update()
+            if self._read_eof:
+                self._finish_if_done()
+        return None
+
     def _send(self, out):
-        if out and self.transport.connected:
-            self.sendString(out)
+        if out and not self._closing and self.transport.connected:
+            self.sendString(out)  # may call pauseProducing() at once
+
+    def _update(self):
+        """Stop reading while either reason holds; resume (and parse what was read) when
+        neither does."""
+        if self._closing:
+            return
+        stop = self._write_full or self._in_flight >= TCP_MAX_IN_FLIGHT
+        if stop == self.paused:
+            return
+        self.paused = stop
+        if not self._read_eof:  # after EOF the reactor no longer reads this socket
+            if stop:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+        if not stop:
+            self.dataReceived(b"")
+
+    # IPushProducer, called by the transport
+    def pauseProducing(self):
+        self._write_full = True
+        self._update()
+
+    def resumeProducing(self):
+        self._write_full = False
+        self._update()
+
+    def stopProducing(self):
+        self._closing = True
+        self.paused = True
+
+    # IHalfCloseableProtocol
+    def readConnectionLost(self):
+        """FIN after the last query: answer everything received, then close."""
+        self._read_eof = True
+        self._finish_if_done()
+
+    def writeConnectionLost(self):
+        """Our sending side is gone: nothing more can be answered."""
+        self._abort()
+
+    def _finish_if_done(self):
+        if self._closing or self._in_flight or (self.paused and self._message_waiting()):
+            return
+        self._close()
+
+    def _message_waiting(self):
+        buf = self._unprocessed
+        return len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big")
+
+    def _unsent(self):
+        t = self.transport
+        try:
+            return len(t.dataBuffer) - t.offset + t._tempDataLen
+        except AttributeError:  # not a FileDescriptor transport
+            return 0
+
+    def _close(self):
+        """Send what is buffered, then close. The producer is unregistered first: Twisted
+        does not close a connection while one it has paused is registered."""
+        self._closing = True
+        self.paused = True
+        self.resetTimeout()  # a client that stops reading now is aborted on idle timeout
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def _abort(self):
+        self._closing = True
+        self.paused = True
+        self.setTimeout(None)
+        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+        abort()
 
     def timeoutConnection(self):
-        self.transport.loseConnection()
+        if self._write_full or self._unsent():
+            self._abort()  # the client stopped reading: its replies would never drain
+        else:
+            self._close()
+
+    def connectionLost(self, reason=None):
+        self._closing = True
+        self.paused = True
+        self.setTimeout(None)
 
 
 class DNSTCPFactory(protocol.ServerFactory):
     protocol = DNSTCPProtocol
+    idle_timeout = TCP_IDLE_TIMEOUT  # seconds without a query before a connection is closed
 
     def __init__(self, handler, cache):
         self.handler = handler
