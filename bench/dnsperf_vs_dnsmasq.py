@@ -226,6 +226,22 @@ class Proc:
         self._log.close()
 
 
+def stop_all(procs: list[Proc]) -> None:
+    """Stop started processes, last first; one that will not stop does not keep the others."""
+    for p in reversed(procs):
+        try:
+            p.stop()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            log(f"could not stop {p.name} (pid {p.pid}): {exc}")
+
+
+def skydns_command(package_dir: Path) -> list[str]:
+    """The skydns command running the skydns package in ``package_dir`` (this repository,
+    or e.g. a worktree of an older commit for a before figure): PYTHONPATH puts it ahead of
+    the installed one, and the processes' cwd is a temporary directory."""
+    return [find_tool("env"), f"PYTHONPATH={package_dir}", sys.executable, "-m", "skydns"]
+
+
 def wait_until(what: str, check, proc: Proc, timeout: float, interval: float = 0.2):
     """Call ``check()`` until it returns a truthy value; bounded by ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -645,11 +661,7 @@ def main(argv=None) -> int:
         log(f"interrupted ({exc or 'Ctrl-C'}); stopping")
         rc = 130
     finally:
-        for p in reversed(procs):
-            try:
-                p.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                log(f"could not stop {p.name} (pid {p.pid}): {exc}")
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     return rc
 

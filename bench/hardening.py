@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dnsperf_vs_dnsmasq import (LOOPBACK, REPO, BenchError, Proc, find_tool, free_port,  # noqa: E402
-                                start_etcd, wait_until)
+                                skydns_command, start_etcd, stop_all, wait_until)
 
 import dns.message  # noqa: E402
 import dns.query  # noqa: E402
@@ -61,10 +61,9 @@ def write(etcd_port: int, items) -> None:
 
 def start_skydns(tmp: Path, etcd_port: int, name: str, skydns_dir: Path) -> tuple[Proc, int]:
     port = free_port()
-    argv = [sys.executable, "-m", "skydns", f"-addr={LOOPBACK}:{port}",
+    argv = [*skydns_command(skydns_dir), f"-addr={LOOPBACK}:{port}",
             f"-machines=http://{LOOPBACK}:{etcd_port}", "-domain=cluster.local.",
             f"-nameservers={LOOPBACK}:9", "-healthz-port=0"]
-    os.environ["PYTHONPATH"] = str(skydns_dir)  # Proc inherits the environment
     return Proc(name, argv, tmp), port
 
 
@@ -179,8 +178,7 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         finally:
-            for proc in reversed(procs):
-                proc.stop()
+            stop_all(procs)
     return 0
 
 

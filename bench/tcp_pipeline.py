@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dnsperf_vs_dnsmasq import (LOOPBACK, REPO, BenchError, Proc, dns_probe, find_tool,  # noqa: E402
-                                free_port, load_records, log, name_for, start_dnsmasq,
-                                start_etcd, vm_rss_kib, wait_until)
+from dnsperf_vs_dnsmasq import (LOOPBACK, REPO, BenchError, Proc, dns_probe,  # noqa: E402
+                                free_port, load_records, log, name_for, skydns_command,
+                                start_dnsmasq, start_etcd, stop_all, wait_until)
 
 import dns.message  # noqa: E402
 import dns.query  # noqa: E402
@@ -62,9 +62,7 @@ def tree_kib(proc: Proc, field: str = "VmRSS") -> int:
 
 def start_skydns(tmp: Path, etcd_port: int, package_dir: Path, timeout: float):
     port = free_port()
-    # PYTHONPATH puts package_dir's skydns ahead of the installed one (cwd is tmp).
-    argv = [find_tool("env"), f"PYTHONPATH={package_dir}", sys.executable, "-m", "skydns",
-            f"-addr={LOOPBACK}:{port}", f"-machines=http://{LOOPBACK}:{etcd_port}",
+    argv = [*skydns_command(package_dir), f"-addr={LOOPBACK}:{port}", f"-machines=http://{LOOPBACK}:{etcd_port}",
             "-domain=cluster.local.", f"-nameservers={LOOPBACK}:9", "-healthz-port=0"]
     proc = Proc("skydns", argv, tmp)
     wait_until("a NOERROR A answer for svc0", lambda: dns_probe(port), proc,
@@ -237,11 +235,7 @@ def main(argv=None) -> int:
         log(f"interrupted ({exc or 'Ctrl-C'}); stopping")
         rc = 130
     finally:
-        for p in reversed(procs):
-            try:
-                p.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                log(f"could not stop {p.name} (pid {p.pid}): {exc}")
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     return rc
 

@@ -89,6 +89,11 @@ def attribute_name(labels) -> bool:
     return any(label.startswith("_") for label in labels)
 
 
+def hourly_serial(now: float) -> int:
+    """SOA serial: the Unix time truncated to the hour (SkyDNS's), as an unsigned 32 bits."""
+    return int(now) // 3600 * 3600 & 0xFFFFFFFF
+
+
 def strip_labels(name: str, count: int) -> str:
     """Drop ``count`` leftmost labels (SkyDNS's targetstrip); ignored if too many."""
     if count <= 0:
@@ -166,10 +171,9 @@ class Authority:
 
     def soa(self):
         domain = self.domain
-        serial = int(self.clock()) // 3600 * 3600
         rdata = SOA(IN, T.SOA, dns.name.from_text("ns.dns", domain),
-                    self.config.hostmaster_name, serial & 0xFFFFFFFF, 28800, 7200, 604800,
-                    self.config.min_ttl)
+                    self.config.hostmaster_name, hourly_serial(self.clock()), 28800, 7200,
+                    604800, self.config.min_ttl)
         return domain, rdata
 
     def negative(self, result, nxdomain):
@@ -190,14 +194,13 @@ class Authority:
             lookup = dns.name.from_text(self.config.local)
         labels = labels_of(lookup)
         apex = qname == self.domain
+        if attribute_name(labels) and qtype not in (T.SRV, T.TXT):
+            # Answered like a type the name does not have (NODATA), not with a CNAME to the
+            # SRV target: qname-minimising resolvers ask `_http._tcp.<svc> A` first and
+            # would apply that CNAME to the SRV question.
+            qtype = None
         try:
-            if attribute_name(labels) and qtype not in (T.SRV, T.TXT):
-                # NODATA, not a CNAME to the SRV target: qname-minimising resolvers ask
-                # `_http._tcp.<svc> A` first and would apply that CNAME to the SRV question.
-                if self.records(labels, result, srv=True) is None:
-                    raise NameNotFound()
-                records = []
-            elif qtype in (T.A, T.AAAA):
+            if qtype in (T.A, T.AAAA):
                 records = yield self.address_records(qname, lookup, qtype, result, ())
             elif qtype == T.SOA and apex:
                 owner, rdata = self.soa()

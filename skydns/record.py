@@ -10,6 +10,8 @@ import ipaddress
 import json
 import re
 
+import dns.name
+
 __all__ = [
     "Record", "RecordError", "parse_record", "name_to_key", "key_to_name", "key_labels",
     "name_labels", "fnv1a32_label", "encode_record", "encode_text", "leaf_key",
@@ -49,13 +51,17 @@ MAX_NAME_WIRE = 255  # RFC 1035: a name is at most 255 bytes in wire form
 _PLAIN_KEY = re.compile(r"^[/A-Za-z0-9_*\-]*$")
 
 
-def _show(value, limit=40):
-    """A JSON value as it appears in an error message: short, whatever its size."""
-    try:
-        text = json.dumps(value)
-    except (ValueError, RecursionError):
-        text = type(value).__name__
+def _shorten(text: str, limit: int) -> str:
+    """Error messages quote what they complain about, but never more than ``limit`` chars."""
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _show(value, limit=40):
+    """A JSON value as it appears in an error message."""
+    try:
+        return _shorten(json.dumps(value), limit)
+    except (ValueError, RecursionError):
+        return type(value).__name__
 
 
 class Record:
@@ -116,13 +122,14 @@ def _classify_host(host):
 
 
 def parse_record(key: str, value: bytes | str, lease: int = 0,
-                 prefix: str = "skydns") -> Record:
+                 labels: list[str] | None = None) -> Record:
     """Parse one etcd value into a Record, or raise RecordError naming what is wrong.
 
     Unknown JSON keys are ignored and known ones match case-insensitively, as in SkyDNS
     (Go's encoding/json). Wrong types are errors, not silently zeroed. Anything that could
     not be put in a DNS answer (a key that is no DNS name, text too long for a message) is
-    refused here, once, rather than failing every query that reaches it.
+    refused here, once, rather than failing every query that reaches it. ``labels`` are
+    the key's labels below the prefix (``key_labels``), when the caller has them already.
     """
     if isinstance(value, bytes):
         try:
@@ -160,13 +167,12 @@ def parse_record(key: str, value: bytes | str, lease: int = 0,
             fields[name] = val
     if "text" in fields:
         _check_text(fields["text"])
-    _check_key(key, prefix)
+    _check_key(key, key_labels(key) if labels is None else labels)
     return Record(key, lease=lease, **fields)
 
 
 def _first_words(exc, limit=80):
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + "..."
+    return _shorten(" ".join(str(exc).split()), limit)
 
 
 def _check_text(text: str):
@@ -180,17 +186,13 @@ def _check_text(text: str):
                           f"(at most {MAX_TEXT_BYTES} bytes)", "size")
 
 
-def _check_key(key: str, prefix: str):
+def _check_key(key: str, labels: list[str]):
     """The key's name is used as an owner and as SRV/MX/NS targets: it must be a DNS name."""
-    labels = key_labels(key, prefix)
-    wire = sum(len(label) + 1 for label in labels) + 1
-    if _PLAIN_KEY.match(key) and wire <= MAX_NAME_WIRE and all(
-            len(label) <= 63 for label in labels):
+    if (_PLAIN_KEY.match(key) and len(labels) + sum(map(len, labels)) < MAX_NAME_WIRE
+            and all(len(label) <= 63 for label in labels)):
         return  # the common case, checked without building a name
-    import dns.name  # only for unusual keys
     try:
-        name = dns.name.from_text(key_to_name(key, prefix))
-        name.to_wire()
+        dns.name.from_text(".".join(reversed(labels)) + ".")
     except Exception as exc:  # dnspython has several error types for bad names
         raise RecordError(f"key is not a valid DNS name ({exc.__class__.__name__}: "
                           f"{_first_words(exc)})", "key") from None

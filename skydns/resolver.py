@@ -26,7 +26,7 @@ from twisted.internet import defer
 
 from . import __version__
 from . import wire as wirefmt
-from .authority import Result
+from .authority import Result, hourly_serial
 from .forward import ForwardError
 from .rcache import ResponseCache
 
@@ -252,11 +252,10 @@ class Resolver:
             return Reply(response, system=system)
         # The reply was shaped by the client's EDNS (OPT present, UDP size), so that is
         # part of the key: a reply fetched for a 4096-byte client never goes to a 512 one.
+        shape = "tcp" if tcp else (request.edns,
+                                   wirefmt.udp_limit(request, self.config.max_udp_size))
         key = ResponseCache.key(qname, request.question[0].rdtype, request.question[0].rdclass,
-                                bool(request.ednsflags & dns.flags.DO),
-                                "tcp" if tcp else (request.edns,
-                                                  wirefmt.udp_limit(request,
-                                                                    self.config.max_udp_size)))
+                                bool(request.ednsflags & dns.flags.DO), shape)
         cached = self.rcache.get(key)
         if cached is not None:
             return Reply(wire=wire[:2] + cached[2:], system="cache")
@@ -278,10 +277,9 @@ class Resolver:
         SERVFAIL. A pod's ndots:5 search path ends in the bare name (``nonexistent.``), and
         on SERVFAIL musl waits and retries, Go says "server misbehaving", glibc and c-ares
         report a temporary failure. Cached like an authoritative answer."""
-        response = dns.message.make_response(request, recursion_available=True,
-                                             our_payload=self.config.max_udp_size)
+        response = self.make_response(request, aa=False)
         response.set_rcode(dns.rcode.NXDOMAIN)
-        serial = int(time.time()) // 3600 * 3600 & 0xFFFFFFFF
+        serial = hourly_serial(self.authority.clock())
         response.authority.append(dns.rrset.from_text(
             dns.name.root, self.config.min_ttl, dns.rdataclass.IN, T.SOA,
             f"a.root-servers.net. nstld.verisign-grs.com. {serial} 1800 900 604800 "

@@ -80,10 +80,7 @@ class QueryHandler:
             failure = Failure()
         self.failure_log.warn("failed to answer %s: %s", request.question,
                               failure.getTraceback())
-        try:
-            return self._servfail(request)
-        except Exception:
-            return None
+        return self._servfail(request)
 
     def _servfail(self, request):
         response = dns.message.make_response(request)
@@ -238,8 +235,9 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
     A client may half-close after its last query (FIN): everything it sent is answered,
     answers pending upstream included, then the connection is closed. The idle timeout
     closes a connection that sent no query for ``factory.idle_timeout`` seconds, and aborts
-    it when replies are still unsent (``loseConnection()`` would wait for them forever if
-    the client stopped reading).
+    it when the client has stopped reading (our write buffer is full, or a close has not
+    finished within another idle period): ``loseConnection()`` would wait forever for
+    replies the client never reads.
     """
 
     _write_full = False  # the transport holds more unsent replies than its bufferSize
@@ -351,13 +349,6 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
         buf = self._unprocessed
         return len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big")
 
-    def _unsent(self):
-        t = self.transport
-        try:
-            return len(t.dataBuffer) - t.offset + t._tempDataLen
-        except AttributeError:  # not a FileDescriptor transport
-            return 0
-
     def _close(self):
         """Send what is buffered, then close. The producer is unregistered first: Twisted
         does not close a connection while one it has paused is registered."""
@@ -375,8 +366,10 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
         abort()
 
     def timeoutConnection(self):
-        if self._write_full or self._unsent():
-            self._abort()  # the client stopped reading: its replies would never drain
+        if self._write_full or self._closing:
+            # The client stopped reading: its replies would never drain, and a close
+            # begun one idle period ago (``_close`` restarts the timer) did not finish.
+            self._abort()
         else:
             self._close()
 

@@ -58,10 +58,7 @@ class RecordStore:
             if self._is_config(key):
                 config_value = value
                 continue
-            try:
-                self._put(key, value, lease, quiet=old_bad.get(key))
-            except Exception:  # one key never costs the load of the others
-                log.exception("could not load %s; skipping it", key)
+            self._put(key, value, lease, quiet=old_bad.get(key))
         self.revision = revision
         self.loaded = True
         log.info("loaded %d records from etcd at revision %d (%d skipped)",
@@ -103,7 +100,7 @@ class RecordStore:
         if not labels:
             return
         try:
-            record = parse_record(key, value, lease, self.prefix)
+            record = parse_record(key, value, lease, labels)
         except RecordError as exc:
             self._skip(key, str(exc), exc.kind, quiet)
             return

@@ -41,9 +41,12 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
 
 
 def tool(name) -> str | None:
-    """A command from this virtualenv's bin/ (pip-installed tools), else from PATH."""
+    """A command from this virtualenv's bin/ (pip-installed tools), else from PATH, else
+    from the sbin directories (Debian's unbound and dnsmasq, not always on a user's PATH)."""
     local = os.path.join(BIN, name)
-    return local if os.path.exists(local) else shutil.which(name)
+    if os.path.exists(local):
+        return local
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
 
 
 def etcd_binary() -> str:
@@ -130,10 +133,13 @@ class Etcd:
 
 
 class Skydns:
-    """The skydns command as a subprocess."""
+    """The skydns command as a subprocess, serving DNS on ``host:port`` (default: a free
+    port of 127.0.0.1; e.g. the host end of a test namespace's veth, port 53)."""
 
-    def __init__(self, etcd_url, *flags, upstream=None, env=None):
-        self.port = free_port()
+    def __init__(self, etcd_url, *flags, upstream=None, env=None, host="127.0.0.1",
+                 port=None):
+        self.host = host
+        self.port = port or free_port()
         self.http_port = free_port()
         self.flags = list(flags)
         self.etcd_url = etcd_url
@@ -144,7 +150,7 @@ class Skydns:
                                                    delete=False)
 
     def argv(self):
-        args = [sys.executable, "-m", "skydns", f"-addr=127.0.0.1:{self.port}",
+        args = [sys.executable, "-m", "skydns", f"-addr={self.host}:{self.port}",
                 f"-machines={self.etcd_url}", f"-healthz-port={self.http_port}",
                 "-healthz-addr=127.0.0.1"]
         if self.upstream:
@@ -172,7 +178,7 @@ class Skydns:
         if self.proc.poll() is not None:
             raise RuntimeError(f"skydns exited with {self.proc.returncode}:\n{self.output()}")
         query = dns.message.make_query("version.bind.", "TXT", "CH")
-        dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.5)
+        dns.query.udp(query, self.host, port=self.port, timeout=0.5)
         return True
 
     def healthz(self):
@@ -203,8 +209,8 @@ class Skydns:
     def query(self, name, rdtype="A", tcp=False, rdclass="IN", timeout=3.0, **kwargs):
         message = dns.message.make_query(name, rdtype, rdclass, **kwargs)
         if tcp:
-            return dns.query.tcp(message, "127.0.0.1", port=self.port, timeout=timeout)
-        return dns.query.udp(message, "127.0.0.1", port=self.port, timeout=timeout,
+            return dns.query.tcp(message, self.host, port=self.port, timeout=timeout)
+        return dns.query.udp(message, self.host, port=self.port, timeout=timeout,
                              ignore_trailing=True)
 
 

@@ -4,8 +4,6 @@
   link-local addresses, ``lo`` up, and ``/etc/netns/NAME/resolv.conf`` (which
   ``ip netns exec`` bind-mounts over /etc/resolv.conf), so glibc's stub resolver inside it
   uses a skydns on the host end of the veth.
-- ``HostSkydns``: the skydns command serving on a given address and port (e.g. the host end
-  of the veth, port 53: glibc talks to port 53 only).
 - ``Unbound`` and ``Dnsmasq``: Debian's unbound and dnsmasq as subprocesses on 127.0.0.1,
   configured from scratch (no system configuration files are read).
 
@@ -28,7 +26,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from procs import Skydns, free_port, stop_process, wait_for
+from procs import free_port, stop_process, tool, wait_for
 
 IN_CI = bool(os.environ.get("CI"))
 NETNS_PREFIX = "skyt-"
@@ -43,16 +41,11 @@ def require(ok, why):
     pytest.skip(why)
 
 
-def find_binary(name):
-    """``name`` from PATH, else from the sbin directories (not always on a user's PATH)."""
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
-
-
 def _resolved(argv):
     """argv with a bare command name replaced by its path (sbin may not be on PATH)."""
     if "/" in argv[0]:
         return list(argv)
-    return [find_binary(argv[0]) or argv[0], *argv[1:]]
+    return [tool(argv[0]) or argv[0], *argv[1:]]
 
 
 def run(argv, timeout=10.0, check=True):
@@ -216,7 +209,7 @@ def netns_usable():
     """(ok, why not): root, the ip command, and ip netns in working order."""
     if os.geteuid() != 0:
         return False, "not root: cannot create network namespaces"
-    if not find_binary("ip"):
+    if not tool("ip"):
         return False, "no ip command (Debian package iproute2)"
     try:
         result = run(["ip", "netns", "list"], check=False)
@@ -228,34 +221,6 @@ def netns_usable():
 
 
 # -- skydns on another address -------------------------------------------------------------
-
-class HostSkydns(Skydns):
-    """procs.Skydns serving DNS on ``host:port`` (e.g. 169.254.53.1:53) instead of a free
-    port of 127.0.0.1; ``query`` and the start-up check use that address too."""
-
-    def __init__(self, etcd_url, *flags, host, port=53, upstream=None, env=None):
-        super().__init__(etcd_url, *flags, upstream=upstream, env=env)
-        self.host, self.port = host, port
-
-    def argv(self):
-        args = super().argv()
-        return [f"-addr={self.host}:{self.port}" if a.startswith("-addr=") else a
-                for a in args]
-
-    def _up(self):
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"skydns exited with {self.proc.returncode}:\n{self.output()}")
-        query = dns.message.make_query("version.bind.", "TXT", "CH")
-        dns.query.udp(query, self.host, port=self.port, timeout=0.5)
-        return True
-
-    def query(self, name, rdtype="A", tcp=False, rdclass="IN", timeout=3.0, **kwargs):
-        message = dns.message.make_query(name, rdtype, rdclass, **kwargs)
-        if tcp:
-            return dns.query.tcp(message, self.host, port=self.port, timeout=timeout)
-        return dns.query.udp(message, self.host, port=self.port, timeout=timeout,
-                             ignore_trailing=True)
-
 
 # -- unbound and dnsmasq -------------------------------------------------------------------
 
@@ -357,13 +322,13 @@ remote-control:
 """)
 
     def checkconf(self):
-        result = run([find_binary("unbound-checkconf"), self.conf], check=False)
+        result = run([tool("unbound-checkconf"), self.conf], check=False)
         if result.returncode != 0:
             raise RuntimeError(f"unbound-checkconf: {result.stdout}{result.stderr}")
         return result.stdout
 
     def argv(self):
-        return [find_binary("unbound"), "-d", "-c", self.conf]
+        return [tool("unbound"), "-d", "-c", self.conf]
 
 
 class Dnsmasq(_Daemon):
@@ -377,7 +342,7 @@ class Dnsmasq(_Daemon):
         self.skydns_port, self.upstream_port, self.zone = skydns_port, upstream_port, zone
 
     def argv(self):
-        return [find_binary("dnsmasq"), "--no-daemon", "--conf-file=/dev/null",
+        return [tool("dnsmasq"), "--no-daemon", "--conf-file=/dev/null",
                 "--no-resolv", "--no-hosts", "--bind-interfaces",
                 "--listen-address=127.0.0.1", f"--port={self.port}",
                 f"--server=/{self.zone}/127.0.0.1#{self.skydns_port}",

@@ -264,16 +264,30 @@ class TestForwarding:
         assert reply.flags & dns.flags.RA
         assert len(up.queries) == 1
 
-    @pytest.mark.parametrize("name", ["localhost.", "com."])
-    def test_fewer_labels_than_ndots_is_nxdomain_not_forwarded(self, sky, up, name):
-        """SkyDNS answered SERVFAIL here; we answer NXDOMAIN with a root SOA (see the
-        hardening tests and the README)."""
+    @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+    @pytest.mark.parametrize("name", ["nonexistent.", "localhost.", "Wpad.", "com."])
+    def test_fewer_labels_than_ndots_is_nxdomain_not_forwarded(self, sky, up, name, tcp):
+        """SkyDNS answered SERVFAIL here; a pod's search path ends with such a name, so we
+        answer NXDOMAIN with a root SOA (see the README), the second time from the cache."""
         up.reset()
-        reply = sky.query(name, "A")
-        assert reply.rcode() == dns.rcode.NXDOMAIN
-        assert reply.authority[0].rdtype == dns.rdatatype.SOA
+        for _ in range(2):
+            started = time.monotonic()
+            reply = sky.query(name, "A", tcp=tcp)
+            assert time.monotonic() - started < 1.0
+            assert reply.rcode() == dns.rcode.NXDOMAIN
+            assert reply.flags & dns.flags.RA and not reply.flags & dns.flags.AA
+            assert len(reply.authority) == 1
+            soa = reply.authority[0]
+            assert soa.rdtype == dns.rdatatype.SOA and soa.name.to_text() == "."
+            assert soa[0].minimum == soa.ttl == 60
+            assert reply.question[0].name.to_text() == name  # the client's spelling
         time.sleep(0.1)
         assert up.queries == []
+
+    def test_root_is_forwarded(self, sky, up):
+        up.reset()
+        sky.query(".", "NS")
+        assert len(up.queries) == 1
 
     def test_no_rec(self, etcd, counting_upstream):
         with running(etcd.url, "-no-rec", "-path-prefix=fwd",

@@ -31,9 +31,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from kubeemu import Emulator  # noqa: E402
-from procs import Kube2sky, Skydns, Upstream, wait_for  # noqa: E402
-from resolvers import (Dnsmasq, HostSkydns, PodNetns, Unbound, ask, ask_udp,  # noqa: E402
-                       find_binary, netns_usable, require, summary, types_in)
+from procs import Kube2sky, Skydns, Upstream, tool, wait_for  # noqa: E402
+from resolvers import (Dnsmasq, PodNetns, Unbound, ask, ask_udp, netns_usable,  # noqa: E402
+                       require, summary, types_in)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "manifests", "examples", "demo.yaml")
@@ -143,7 +143,7 @@ def pod(etcd, cluster, upstream_mod):
     veth (port 53), with the search path and ndots of a pod in namespace demo."""
     ok, why = netns_usable()
     require(ok, why)
-    require(find_binary("getent"), "no getent (glibc's libc-bin)")
+    require(tool("getent"), "no getent (glibc's libc-bin)")
     netns = PodNetns(POD_RESOLV_CONF)
     server = None
     try:
@@ -152,8 +152,9 @@ def pod(etcd, cluster, upstream_mod):
         except subprocess.CalledProcessError as exc:
             require(False, f"cannot set up a network namespace: {' '.join(exc.cmd)}: "
                            f"{exc.stderr.strip()}")
-        server = HostSkydns(etcd.url, f"-domain={DOMAIN}.", "-verbose=true",
-                            host=netns.host_ip, port=53, upstream=upstream_mod.address)
+        # glibc's stub resolver talks to port 53 only: skydns on the veth's host end.
+        server = Skydns(etcd.url, f"-domain={DOMAIN}.", "-verbose=true",
+                        host=netns.host_ip, port=53, upstream=upstream_mod.address)
         server.start()
         wait_loaded(server)
         netns.sky = server
@@ -236,7 +237,7 @@ def test_glibc_unknown_short_name_is_not_found_not_a_temporary_failure(pod, sky)
 
 @pytest.fixture
 def unbound(sky, upstream_mod):
-    require(find_binary("unbound") and find_binary("unbound-checkconf"),
+    require(tool("unbound") and tool("unbound-checkconf"),
             "no unbound (Debian package unbound)")
     server = Unbound(sky.port, upstream_mod.port, zone=DOMAIN)
     try:
@@ -293,7 +294,7 @@ def test_unbound_nxdomain_stays_nxdomain(unbound, sky, name):
 
 @pytest.fixture
 def dnsmasq(sky, upstream_mod):
-    require(find_binary("dnsmasq"), "no dnsmasq (Debian package dnsmasq-base)")
+    require(tool("dnsmasq"), "no dnsmasq (Debian package dnsmasq-base)")
     server = Dnsmasq(sky.port, upstream_mod.port, zone=DOMAIN)
     try:
         server.start()

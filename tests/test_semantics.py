@@ -687,7 +687,7 @@ CASES = [
     # fewer labels than -ndots: not forwarded (SkyDNS), but NXDOMAIN with a root SOA
     # instead of SkyDNS's SERVFAIL, so a pod's search path ends with a definite answer
     *[Case(name, "A", "NXDOMAIN", aa=False, ra=True, ns=[
-        f". 60 IN SOA a.root-servers.net. nstld.verisign-grs.com. SERIAL 1800 900 604800 60"])
+        ". 60 IN SOA a.root-servers.net. nstld.verisign-grs.com. SERIAL 1800 900 604800 60"])
       for name in ("nonexistent.", "Localhost.")],
 ]
 

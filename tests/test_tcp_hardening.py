@@ -374,7 +374,7 @@ def test_in_flight_cap_per_connection(start_skydns, etcd_client):
             first = silent.accept_for(0.7)
             assert first == IN_FLIGHT_CAP, (
                 f"{first} queries forwarded at once from one connection")
-            messages, eof = [], False
+            messages = []
             deadline = time.monotonic() + 12
             buf = b""
             sock.setblocking(False)
