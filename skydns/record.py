@@ -48,7 +48,9 @@ class RecordError(ValueError):
 MAX_RDATA = 65535 - 12 - 259 - 12
 MAX_TEXT_BYTES = MAX_RDATA - -(-MAX_RDATA // 256)  # text + one length byte per 255 bytes
 MAX_NAME_WIRE = 255  # RFC 1035: a name is at most 255 bytes in wire form
-_PLAIN_KEY = re.compile(r"^[/A-Za-z0-9_*\-]*$")
+# A key of plain labels of at most 63 characters: when the whole key is at most 255 long,
+# its name (the labels below the prefix) is a valid DNS name without building one.
+_PLAIN_KEY = re.compile(r"(?:/[A-Za-z0-9_*\-]{0,63})*/?")
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -167,7 +169,7 @@ def parse_record(key: str, value: bytes | str, lease: int = 0,
             fields[name] = val
     if "text" in fields:
         _check_text(fields["text"])
-    _check_key(key, key_labels(key) if labels is None else labels)
+    _check_key(key, labels)
     return Record(key, lease=lease, **fields)
 
 
@@ -186,11 +188,12 @@ def _check_text(text: str):
                           f"(at most {MAX_TEXT_BYTES} bytes)", "size")
 
 
-def _check_key(key: str, labels: list[str]):
+def _check_key(key: str, labels: list[str] | None):
     """The key's name is used as an owner and as SRV/MX/NS targets: it must be a DNS name."""
-    if (_PLAIN_KEY.match(key) and len(labels) + sum(map(len, labels)) < MAX_NAME_WIRE
-            and all(len(label) <= 63 for label in labels)):
+    if len(key) <= MAX_NAME_WIRE and _PLAIN_KEY.fullmatch(key):
         return  # the common case, checked without building a name
+    if labels is None:
+        labels = key_labels(key)
     try:
         dns.name.from_text(".".join(reversed(labels)) + ".")
     except Exception as exc:  # dnspython has several error types for bad names
