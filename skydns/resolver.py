@@ -240,6 +240,10 @@ class Resolver:
 
     # -- forwarding ----------------------------------------------------------------------
 
+    def cached_forward(self, data: bytes, tcp: bool) -> bytes | None:
+        """The response cache's reply for these raw query bytes (client's ID), or None."""
+        return None
+
     @defer.inlineCallbacks
     def forward(self, request, wire, tcp, system):
         qname = request.question[0].name
