@@ -416,12 +416,15 @@ def parse_dnsperf(out: str) -> dict:
     return res
 
 
-def run_dnsperf(args, port: int, qfile: Path, seconds: float, server: Proc) -> dict:
+def run_dnsperf(args, port: int, qfile: Path, seconds: float, server: Proc,
+                extra: tuple = ()) -> dict:
+    """One dnsperf run of at most ``seconds`` against ``port``; ``extra`` adds dnsperf
+    options (e.g. ``("-n", "1")`` to go through a file of unique names only once)."""
     argv = taskset(args.client_cpus, [
         find_tool("dnsperf"), "-s", LOOPBACK, "-p", str(port), "-d", str(qfile),
         "-l", str(seconds), "-c", str(args.clients), "-T", str(args.threads),
         "-q", str(args.outstanding), "-t", str(args.query_timeout),
-        *(["-Q", str(args.max_qps)] if args.max_qps else [])])
+        *(["-Q", str(args.max_qps)] if args.max_qps else []), *extra])
     tree = server.tree()
     cpu0 = cpu_seconds(tree)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -14,34 +14,24 @@ from __future__ import annotations
 
 import time
 
-import dns.flags
+import socket
+
 import dns.name
 import dns.rcode
-import dns.rdata
-import dns.rdataclass
 import dns.rdatatype
-import dns.rrset
-from dns.rdtypes.ANY.CNAME import CNAME
-from dns.rdtypes.ANY.MX import MX
-from dns.rdtypes.ANY.NS import NS
-from dns.rdtypes.ANY.PTR import PTR
-from dns.rdtypes.ANY.SOA import SOA
-from dns.rdtypes.ANY.TXT import TXT
-from dns.rdtypes.IN.A import A
-from dns.rdtypes.IN.AAAA import AAAA
-from dns.rdtypes.IN.SRV import SRV
 from twisted.internet import defer
 
+from . import encoder
 from .record import key_to_name
 
-IN = dns.rdataclass.IN
 T = dns.rdatatype
 MAX_CNAME_DEPTH = 8
 WILDCARDS = ("*", "any")
 
 
 class Result:
-    """An authoritative answer before it is rendered to a message."""
+    """An authoritative answer before it is rendered: records are ``encoder`` tuples
+    (owner text, rdtype, ttl, data), rendered to bytes directly or through dnspython."""
 
     __slots__ = ("rcode", "aa", "answer", "authority", "additional", "cacheable", "deps",
                  "system")
@@ -49,26 +39,14 @@ class Result:
     def __init__(self, system="auth"):
         self.rcode = dns.rcode.NOERROR
         self.aa = True
-        self.answer = []        # (owner Name, rdtype, ttl, rdata)
+        self.answer = []        # (owner text, rdtype, ttl, data)
         self.authority = []
         self.additional = []
-        self.cacheable = True   # False when leases, upstream data or wildcards are involved
+        self.cacheable = True   # False when leases or upstream data are involved
         self.deps = set()       # key label tuples this answer was computed from
         self.system = system
 
-    @staticmethod
-    def rrsets(records):
-        """Group (owner, type, ttl, rdata) into RRsets, keeping first-seen order."""
-        sets = {}
-        for owner, rdtype, ttl, rdata in records:
-            key = (owner.canonicalize(), rdtype)
-            rrset = sets.get(key)
-            if rdtype == T.CNAME and rrset is not None:
-                continue  # RFC 2181 10.1: one CNAME per owner name; the first one stays
-            if rrset is None:
-                rrset = sets[key] = dns.rrset.RRset(owner, IN, rdtype)
-            rrset.add(rdata, ttl)
-        return list(sets.values())
+    rrsets = staticmethod(encoder.rrsets)
 
 
 def labels_of(name: dns.name.Name) -> tuple:
@@ -77,10 +55,25 @@ def labels_of(name: dns.name.Name) -> tuple:
                  for label in reversed(name.labels[:-1]))
 
 
-def split_txt(text: str) -> list[bytes]:
+def text_labels(text: str) -> tuple:
+    """Key labels of a lower-case absolute name in text (record hosts: plain labels)."""
+    return tuple(reversed(text[:-1].split("."))) if text != "." else ()
+
+
+def name_text(name: dns.name.Name) -> str:
+    """The lower-case absolute text the semantics use for a dnspython name."""
+    return name.to_text().lower()
+
+
+def packed(record) -> bytes:
+    """A record's address as A/AAAA data."""
+    return record.ip.packed
+
+
+def split_txt(text: str) -> tuple:
     """TXT character-strings hold at most 255 bytes: split longer text."""
     data = text.encode("utf-8")
-    return [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+    return tuple(data[i:i + 255] for i in range(0, len(data), 255)) or (b"",)
 
 
 def attribute_name(labels) -> bool:
@@ -109,7 +102,12 @@ class NameNotFound(Exception):
 
 
 class Authority:
-    """Answers for names inside the configured domain, from a RecordStore."""
+    """Answers for names inside the configured domain, from a RecordStore.
+
+    Names are lower-case absolute text (``web.ns.svc.cluster.local.``) with their key
+    labels beside them, and records are ``encoder`` tuples, so that an answer is computed
+    without building dnspython objects (see ``encoder``).
+    """
 
     def __init__(self, store, config, upstream=None, clock=time.time):
         self.store = store
@@ -123,8 +121,9 @@ class Authority:
     def domain(self) -> dns.name.Name:
         return self.config.domain_name
 
-    def in_domain(self, name: dns.name.Name) -> bool:
-        return name.is_subdomain(self.domain)
+    def in_domain(self, text: str) -> bool:
+        domain = self.config.domain_text
+        return text == domain or text.endswith("." + domain)
 
     def ttl(self, record, result) -> int:
         ttl = record.ttl or self.config.ttl
@@ -135,16 +134,35 @@ class Authority:
                 ttl = min(ttl, remaining) if record.ttl else remaining
         return ttl
 
+    def record_name(self, record) -> str:
+        """The DNS name of a record's own key (SRV/MX/NS targets of address records)."""
+        name = record.name
+        if name is None:
+            name = record.name = key_to_name(record.key, self.config.path_prefix)
+        return name
+
+    def depend(self, labels, result, found: bool):
+        """Record what an answer was computed from, for the wire cache's invalidation (a
+        change at a key drops the answers registered at that key and at its ancestors).
+        A wildcard answer depends on everything below the labels before the first
+        wildcard; an answer that found nothing on the deepest ancestor that exists, so
+        that a flood of unique names shares one entry there instead of one each."""
+        for i, label in enumerate(labels):
+            if label in WILDCARDS:
+                labels = labels[:i]
+                break
+        if not found:
+            labels = labels[:self.store.existing_depth(labels)]
+        result.deps.add(labels)
+
     def records(self, labels, result, srv=False, group=True):
         """Records at and below ``labels`` (wildcards allowed), deduplicated and grouped.
 
         Returns None when the name does not exist. Without ``srv``, records below an
         underscore label are left out (they are SRV data).
         """
-        if any(label in WILDCARDS for label in labels):
-            result.cacheable = False
-        result.deps.add(labels)
         nodes = self.store.match(labels, WILDCARDS)
+        self.depend(labels, result, bool(nodes))
         if not nodes:
             return None
         seen = set()
@@ -170,30 +188,39 @@ class Authority:
         return [r for r in records if not r.group or r.group == chosen]
 
     def soa(self):
-        domain = self.domain
-        rdata = SOA(IN, T.SOA, dns.name.from_text("ns.dns", domain),
-                    self.config.hostmaster_name, hourly_serial(self.clock()), 28800, 7200,
-                    604800, self.config.min_ttl)
-        return domain, rdata
+        """(owner, data) of the zone's SOA; the serial changes hourly (SkyDNS's)."""
+        config = self.config
+        return config.domain_text, ("ns.dns." + config.domain_text, config.hostmaster_text,
+                                    hourly_serial(self.clock()), 28800, 7200, 604800,
+                                    config.min_ttl)
 
     def negative(self, result, nxdomain):
         result.rcode = dns.rcode.NXDOMAIN if nxdomain else dns.rcode.NOERROR
         result.answer = []
-        owner, rdata = self.soa()
-        result.authority = [(owner, T.SOA, self.config.min_ttl, rdata)]
+        owner, data = self.soa()
+        result.authority = [(owner, T.SOA, self.config.min_ttl, data)]
         return result
 
     # -- entry point ---------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def query(self, qname: dns.name.Name, qtype: int):
-        """Answer (qname, qtype) for a name in the domain; a Deferred firing with a Result."""
+    def query(self, qname: str, labels: tuple, qtype: int):
+        """Answer (qname, qtype) for a name in the domain; a Deferred firing with a Result.
+
+        The record kinds below are generators run with ``yield from`` inside this one
+        ``inlineCallbacks``: they yield only the Deferreds of upstream lookups, so an
+        answer from the store alone is computed synchronously in one call.
+
+        ``qname`` is the lower-case absolute text of the name asked, ``labels`` its key
+        labels (``text_labels``, or ``labels_of`` for a name with unusual characters).
+        """
         result = Result()
-        lookup = qname
-        if qname == self.config.local_dns_name and self.config.local:
-            lookup = dns.name.from_text(self.config.local)
-        labels = labels_of(lookup)
-        apex = qname == self.domain
+        lookup, lookup_labels = qname, labels
+        config = self.config
+        if config.local and qname == config.local_dns_text:
+            lookup = name_text(dns.name.from_text(config.local))
+            lookup_labels = text_labels(lookup)
+        apex = qname == config.domain_text
         if attribute_name(labels) and qtype not in (T.SRV, T.TXT):
             # Answered like a type the name does not have (NODATA), not with a CNAME to the
             # SRV target: qname-minimising resolvers ask `_http._tcp.<svc> A` first and
@@ -201,28 +228,27 @@ class Authority:
             qtype = None
         try:
             if qtype in (T.A, T.AAAA):
-                records = yield self.address_records(qname, lookup, qtype, result, ())
+                records = yield from self.address_records(qname, lookup, lookup_labels, qtype,
+                                                     result, ())
             elif qtype == T.SOA and apex:
-                owner, rdata = self.soa()
-                records = [(qname, T.SOA, self.config.ttl, rdata)]
+                owner, data = self.soa()
+                records = [(qname, T.SOA, config.ttl, data)]
             elif qtype == T.NS and apex:
                 records = self.ns_records(qname, result)
             elif qtype == T.TXT:
-                records = self.txt_records(qname, labels, result)
+                records = self.txt_records(qname, lookup_labels, result)
             elif qtype == T.CNAME:
-                records = self.cname_records(qname, labels, result)
+                records = self.cname_records(qname, lookup_labels, result)
             elif qtype == T.MX:
-                records = yield self.mx_records(qname, labels, result)
+                records = yield from self.mx_records(qname, lookup_labels, result)
             elif qtype == T.SRV:
-                records = yield self.srv_records(qname, labels, result)
+                records = yield from self.srv_records(qname, lookup_labels, result)
             else:
-                if not apex and self.records(labels, result, srv=True) is None:
+                if not apex and self.records(lookup_labels, result, srv=True) is None:
                     raise NameNotFound()
                 records = []
         except NameNotFound:
-            if apex:
-                return self.negative(result, nxdomain=False)
-            return self.negative(result, nxdomain=True)
+            return self.negative(result, nxdomain=not apex)
         if not records:
             return self.negative(result, nxdomain=False)
         result.answer = self.finish_answer(records)
@@ -232,12 +258,12 @@ class Authority:
         """Remove identical records; with several, lower every TTL to the smallest."""
         seen = set()
         unique = []
-        for owner, rdtype, ttl, rdata in records:
-            key = (owner.canonicalize(), rdtype, rdata)
+        for record in records:
+            key = (record[0], record[1], record[3])
             if key in seen:
                 continue
             seen.add(key)
-            unique.append((owner, rdtype, ttl, rdata))
+            unique.append(record)
         if len(unique) > 1:
             low = min(min(r[2] for r in unique), self.config.ttl)
             unique = [(o, t, low, d) for o, t, _, d in unique]
@@ -245,10 +271,8 @@ class Authority:
 
     # -- record kinds --------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def address_records(self, owner, lookup, qtype, result, previous):
+    def address_records(self, owner, lookup, labels, qtype, result, previous):
         """A/AAAA for ``lookup``, owned by ``owner``; name hosts become chased CNAMEs."""
-        labels = labels_of(lookup)
         records = self.records(labels, result)
         if records is None:
             raise NameNotFound()
@@ -257,26 +281,22 @@ class Authority:
         out = []
         cname_owner = False  # at most one CNAME for this owner (RFC 2181 10.1)
         want_family = 4 if qtype == T.A else 6
-        owner_text = owner.to_text().lower()
         for record in records:
             if record.ip is not None:
                 if record.family == want_family:
-                    rdclass = A if want_family == 4 else AAAA
-                    out.append((owner, qtype, self.ttl(record, result),
-                                rdclass(IN, qtype, str(record.ip))))
+                    out.append((owner, qtype, self.ttl(record, result), record.ip.packed))
                 continue
-            target_text = record.target
-            if target_text is None or target_text == owner_text or cname_owner:
+            target = record.target
+            if target is None or target == owner or cname_owner:
                 continue
-            chain = previous + (owner_text,)
-            if len(chain) > MAX_CNAME_DEPTH or target_text in chain:
+            chain = previous + (owner,)
+            if len(chain) > MAX_CNAME_DEPTH or target in chain:
                 continue  # too deep, or a loop
-            target = dns.name.from_text(target_text)
-            cname = (owner, T.CNAME, self.ttl(record, result), CNAME(IN, T.CNAME, target))
+            cname = (owner, T.CNAME, self.ttl(record, result), target)
             if self.in_domain(target):
                 try:
-                    chased = yield self.address_records(
-                        target, target, qtype, result, chain)
+                    chased = yield from self.address_records(
+                        target, target, text_labels(target), qtype, result, chain)
                 except NameNotFound:
                     continue
                 if chased:
@@ -284,24 +304,24 @@ class Authority:
                     out.extend(chased)
                     cname_owner = True
                 continue
-            external = yield self.lookup_upstream(target, qtype, result)
+            external = yield from self.lookup_upstream(target, qtype, result)
             if external is not None:
                 out.append(cname)
                 out.extend(external)
                 cname_owner = True
         return out
 
-    @defer.inlineCallbacks
     def lookup_upstream(self, name, qtype, result):
-        """Upstream answer records for an out-of-domain name, or None if that failed."""
+        """Upstream answer records for an out-of-domain name (as ``encoder`` tuples: the
+        address and CNAME records of the answer), or None if that failed."""
         result.cacheable = False
         if self.upstream is None:
             return None
         try:
-            records = yield self.upstream(name, qtype)
+            records = yield self.upstream(dns.name.from_text(name), qtype)
         except Exception:
             return None
-        return records
+        return [light for light in map(upstream_record, records) if light is not None]
 
     def weights(self, records):
         totals = {}
@@ -310,7 +330,6 @@ class Authority:
             totals[priority] = totals.get(priority, 0) + (record.weight or 100)
         return totals
 
-    @defer.inlineCallbacks
     def srv_records(self, qname, labels, result):
         records = self.records(labels, result, srv=True)
         if records is None:
@@ -324,44 +343,39 @@ class Authority:
             weight = 100 * (record.weight or 100) // totals[priority]
             ttl = self.ttl(record, result)
             if record.ip is not None:
-                target = strip_labels(key_to_name(record.key, self.config.path_prefix),
-                                      record.targetstrip)
+                target = strip_labels(self.record_name(record), record.targetstrip)
             else:
                 target = strip_labels(record.target, record.targetstrip)
-            target_name = dns.name.from_text(target)
-            out.append((qname, T.SRV, ttl,
-                        SRV(IN, T.SRV, priority, weight, record.port, target_name)))
+            out.append((qname, T.SRV, ttl, (priority, weight, record.port, target)))
             if record.ip is not None:
-                result.additional.append(self.glue(target_name, record, ttl))
+                result.additional.append(self.glue(target, record, ttl))
                 continue
             if target in looked_up:
                 continue
             looked_up.add(target)
-            extra = yield self.target_addresses(target_name, result)
+            extra = yield from self.target_addresses(target, result)
             result.additional.extend(extra)
         return out
 
-    def glue(self, name, record, ttl):
-        if record.family == 4:
-            return (name, T.A, ttl, A(IN, T.A, str(record.ip)))
-        return (name, T.AAAA, ttl, AAAA(IN, T.AAAA, str(record.ip)))
+    @staticmethod
+    def glue(name, record, ttl):
+        return (name, T.A if record.family == 4 else T.AAAA, ttl, record.ip.packed)
 
-    @defer.inlineCallbacks
     def target_addresses(self, target, result):
         """A and AAAA (with CNAMEs) for an SRV/MX target, in-domain or upstream."""
         extra = []
         for qtype in (T.A, T.AAAA):
             if self.in_domain(target):
                 try:
-                    found = yield self.address_records(target, target, qtype, result, ())
+                    found = yield from self.address_records(target, target, text_labels(target),
+                                                       qtype, result, ())
                 except NameNotFound:
                     found = []
             else:
-                found = yield self.lookup_upstream(target, qtype, result)
+                found = yield from self.lookup_upstream(target, qtype, result)
             extra.extend(found or [])
         return extra
 
-    @defer.inlineCallbacks
     def mx_records(self, qname, labels, result):
         records = self.records(labels, result, group=False)
         if records is None:
@@ -374,63 +388,58 @@ class Authority:
             preference = record.priority or self.config.priority
             ttl = self.ttl(record, result)
             if record.ip is not None:
-                target = dns.name.from_text(key_to_name(record.key, self.config.path_prefix))
+                target = self.record_name(record)
                 result.additional.append(self.glue(target, record, ttl))
             else:
-                target = dns.name.from_text(record.target)
-                if record.target not in looked_up:
-                    looked_up.add(record.target)
-                    extra = yield self.target_addresses(target, result)
+                target = record.target
+                if target not in looked_up:
+                    looked_up.add(target)
+                    extra = yield from self.target_addresses(target, result)
                     result.additional.extend(extra)
-            out.append((qname, T.MX, ttl, MX(IN, T.MX, preference, target)))
+            out.append((qname, T.MX, ttl, (preference, target)))
         return out
 
     def txt_records(self, qname, labels, result):
         records = self.records(labels, result)
         if records is None:
             raise NameNotFound()
-        return [(qname, T.TXT, self.ttl(r, result), TXT(IN, T.TXT, split_txt(r.text)))
+        return [(qname, T.TXT, self.ttl(r, result), split_txt(r.text))
                 for r in records if r.text]
 
     def cname_records(self, qname, labels, result):
         """CNAME looks at the exact key only and answers only a name host."""
-        if any(label in WILDCARDS for label in labels):
-            result.cacheable = False
-        result.deps.add(labels)
         node = self.store.node(labels)
+        self.depend(labels, result, node is not None)
         if node is None:
             raise NameNotFound()
         record = node.record
         if record is None or record.target is None:
             return []
-        return [(qname, T.CNAME, self.ttl(record, result),
-                 CNAME(IN, T.CNAME, dns.name.from_text(record.target)))]
+        return [(qname, T.CNAME, self.ttl(record, result), record.target)]
 
     def ns_records(self, qname, result):
         """NS at the apex: the names of the records under ns.dns.<domain>, with glue."""
-        ns_name = dns.name.from_text("ns.dns", self.domain)
-        records = self.records(labels_of(ns_name), result, srv=True, group=False) or []
+        ns_labels = text_labels("ns.dns." + self.config.domain_text)
+        records = self.records(ns_labels, result, srv=True, group=False) or []
         out = []
         for record in records:
             if record.ip is None:
                 continue
-            target = dns.name.from_text(key_to_name(record.key, self.config.path_prefix))
+            target = self.record_name(record)
             ttl = self.ttl(record, result)
-            out.append((qname, T.NS, ttl, NS(IN, T.NS, target)))
+            out.append((qname, T.NS, ttl, target))
             result.additional.append(self.glue(target, record, ttl))
         return out
 
-    def ptr_record(self, qname, result):
+    def ptr_record(self, qname: str, labels: tuple, result):
         """PTR from /<prefix>/arpa/...: exact key, the host is the target. None if absent."""
         result.aa = False
         result.system = "reverse"
-        labels = labels_of(qname)
-        result.deps.add(labels)
         record = self.store.exact(labels)
+        self.depend(labels, result, record is not None)
         if record is None or record.target is None:
             return None
-        result.answer = [(qname, T.PTR, self.ttl(record, result),
-                          PTR(IN, T.PTR, dns.name.from_text(record.target)))]
+        result.answer = [(qname, T.PTR, self.ttl(record, result), record.target)]
         return result
 
     # -- for DNSSEC denial ---------------------------------------------------------------
@@ -466,3 +475,18 @@ class Authority:
             if record.host:
                 types.add(T.SRV)
         return types
+
+
+def upstream_record(record):
+    """An upstream answer record (owner Name, rdtype, ttl, dnspython rdata) as an
+    ``encoder`` tuple; None for types an address chase does not use (e.g. DNAME)."""
+    owner, rdtype, ttl, rdata = record
+    if rdtype == T.A:
+        data = socket.inet_pton(socket.AF_INET, rdata.address)
+    elif rdtype == T.AAAA:
+        data = socket.inet_pton(socket.AF_INET6, rdata.address)
+    elif rdtype == T.CNAME:
+        data = name_text(rdata.target)
+    else:
+        return None
+    return (name_text(owner), rdtype, ttl, data)

@@ -38,8 +38,11 @@ class Config:
     round_robin: bool = True
     ns_rotate: bool = True
     rtimeout: float = 2.0
-    rcache: int = 0
+    rcache: int = 10000
     rcache_ttl: int = 60
+    rcache_stale: int = 3600
+    rcache_prefetch: int = 3
+    max_concurrent: int = 1000
     scache: int = 10000
     ndots: int = 2
     path_prefix: str = "skydns"
@@ -74,7 +77,8 @@ class Config:
         parse_hostport(self.addr, 53)
         self.nameservers = [_format_hostport(*parse_hostport(ns, 53)) for ns in self.nameservers]
         for name in ("ndots", "ttl", "min_ttl", "priority", "rcache", "rcache_ttl", "scache",
-                     "healthz_port", "prometheus_port", "workers"):
+                     "healthz_port", "prometheus_port", "workers", "rcache_stale",
+                     "rcache_prefetch", "max_concurrent"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.workers < 1:
@@ -98,6 +102,19 @@ class Config:
     @functools.cached_property
     def local_dns_name(self) -> dns.name.Name:
         return dns.name.from_text("local.dns", self.domain_name)
+
+    # The same names as lower-case absolute text, which the query semantics work with.
+    @functools.cached_property
+    def domain_text(self) -> str:
+        return self.domain_name.to_text().lower()
+
+    @functools.cached_property
+    def hostmaster_text(self) -> str:
+        return self.hostmaster_name.to_text().lower()
+
+    @functools.cached_property
+    def local_dns_text(self) -> str:
+        return self.local_dns_name.to_text().lower()
 
     @functools.cached_property
     def stub_labels(self) -> tuple:
@@ -212,7 +229,14 @@ _FLAGS = [
     ("ns-rotate", "ns_rotate", parse_bool, None, "rotate the upstream name servers per query"),
     ("rtimeout", "rtimeout", parse_duration, None, "upstream read timeout (Go duration)"),
     ("rcache", "rcache", int, None, "response cache size for forwarded answers (0: off)"),
-    ("rcache-ttl", "rcache_ttl", int, None, "response cache TTL in seconds"),
+    ("rcache-ttl", "rcache_ttl", int, None,
+     "longest time in seconds a forwarded answer is cached (upstream TTLs can only lower it)"),
+    ("rcache-stale", "rcache_stale", int, None,
+     "seconds past expiry a cached answer is served (TTL 30) when no upstream answers (0: off)"),
+    ("rcache-prefetch", "rcache_prefetch", int, None,
+     "hits after which an entry is refreshed shortly before it expires (0: off)"),
+    ("max-concurrent", "max_concurrent", int, None,
+     "most queries upstream at once; more get SERVFAIL at once (0: no limit)"),
     ("scache", "scache", int, None, "DNSSEC signature cache size"),
     ("ndots", "ndots", int, "SKYDNS_NDOTS", "names with fewer labels are not forwarded"),
     ("path-prefix", "path_prefix", str, "SKYDNS_PATH_PREFIX", "etcd key prefix"),
@@ -291,7 +315,8 @@ _ETCD_KEYS = {
     "read_timeout": ("rtimeout", None), "priority": ("priority", int), "ttl": ("ttl", int),
     "min_ttl": ("min_ttl", int), "scache": ("scache", int), "rcache": ("rcache", int),
     "rcache_ttl": ("rcache_ttl", int), "ndot": ("ndots", int),
-    "max_udp_size": ("max_udp_size", int),
+    "max_udp_size": ("max_udp_size", int), "rcache_stale": ("rcache_stale", int),
+    "rcache_prefetch": ("rcache_prefetch", int), "max_concurrent": ("max_concurrent", int),
 }
 
 

@@ -3,8 +3,11 @@
 A forwarded query gets a fresh random ID and, for UDP, a fresh socket with an OS-chosen
 source port, so upstream replies cannot be confused or easily spoofed. Servers are tried one
 after another (starting at a rotating index with ``ns_rotate``), each for ``rtimeout``
-seconds; the first reply wins. All of it is Twisted: Deferreds, callLater timeouts, the
-reactor's own UDP ports and TCP connections.
+seconds; the first reply wins. A server that failed (timeout, refusal) is tried only after
+the healthy ones until it answers again: every HEALTH_PROBE_INTERVAL seconds one query it
+would have had is also sent to it in the background, and its reply marks it healthy. At most
+``max_concurrent`` queries are upstream at once; over that, ``Overloaded`` at once. All of it
+is Twisted: Deferreds, callLater timeouts, the reactor's own UDP ports and TCP connections.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import struct
+import time
 
 import dns.exception
 import dns.flags
@@ -24,9 +28,15 @@ from .config import parse_hostport
 
 log = logging.getLogger("skydns.forward")
 
+HEALTH_PROBE_INTERVAL = 2.0  # seconds between background probes of a server marked down
+
 
 class ForwardError(Exception):
     """No upstream server gave a usable reply."""
+
+
+class Overloaded(ForwardError):
+    """``max_concurrent`` queries are upstream already: fail now rather than queue."""
 
 
 class _UDPExchange(protocol.DatagramProtocol):
@@ -65,8 +75,12 @@ class _TCPExchange(Int16StringReceiver):
         self.sendString(self.factory.wire)
 
     def stringReceived(self, data):
+        # As over UDP, only a reply to our query (same ID, QR set) is an answer.
         if not self.factory.deferred.called:
-            self.factory.deferred.callback(data)
+            if len(data) >= 12 and data[:2] == self.factory.wire[:2] and data[2] & 0x80:
+                self.factory.deferred.callback(data)
+            else:
+                self.factory.deferred.errback(ForwardError("not a reply to our query"))
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
@@ -121,32 +135,86 @@ def with_id(wire: bytes, query_id: int) -> bytes:
 class Forwarder:
     """Relays queries to upstream servers and looks up out-of-domain names."""
 
-    def __init__(self, reactor, config):
+    def __init__(self, reactor, config, clock=time.monotonic):
         self.reactor = reactor
         self.config = config
+        self.clock = clock
+        self.outstanding = 0  # forward() calls not finished yet
+        self.down = {}        # (host, port) -> clock() of its next background probe
 
     def servers(self):
         return [parse_hostport(ns, 53) for ns in self.config.nameservers]
 
-    @defer.inlineCallbacks
+    def down_count(self) -> int:
+        return sum(1 for server in self.servers() if server in self.down)
+
+    def all_down(self) -> bool:
+        """Every default server failed its last query: an answer would take rtimeouts."""
+        servers = self.servers()
+        return bool(servers) and all(server in self.down for server in servers)
+
     def forward(self, wire: bytes, tcp: bool, servers=None, rotate_key: int = 0):
         """Relay a query; fire with the reply's wire bytes carrying the original ID."""
-        servers = self.servers() if servers is None else servers
+        limit = self.config.max_concurrent
+        if limit and self.outstanding >= limit:
+            return defer.fail(Overloaded(f"{self.outstanding} upstream queries in flight"))
+        self.outstanding += 1
+        d = self._forward(wire, tcp, self.servers() if servers is None else servers,
+                          rotate_key)
+        return d.addBoth(self._finished)
+
+    def _finished(self, result):
+        self.outstanding -= 1
+        return result
+
+    @defer.inlineCallbacks
+    def _forward(self, wire, tcp, servers, rotate_key):
         if not servers:
             raise ForwardError("no upstream name servers configured")
-        start = rotate_key % len(servers) if self.config.ns_rotate else 0
         original_id = struct.unpack("!H", wire[:2])[0]
         failures = []
-        for i in range(len(servers)):
-            host, port = servers[(start + i) % len(servers)]
+        for host, port in self.order(servers, rotate_key, wire, tcp):
             try:
                 reply = yield exchange(self.reactor, with_id(wire, random.getrandbits(16)),
                                        host, port, tcp, self.config.rtimeout)
             except Exception as exc:  # every failure just moves on to the next server
                 failures.append(str(exc))
+                self._failed((host, port), exc)
                 continue
+            self._answered((host, port))
             return with_id(reply, original_id)
         raise ForwardError("; ".join(failures))
+
+    def order(self, servers, rotate_key, wire, tcp):
+        """Servers in the order to try: rotated (``ns_rotate``), healthy ones first, those
+        marked down last (still tried when nothing else answers). A down server whose
+        probe is due gets this query in the background too."""
+        start = rotate_key % len(servers) if self.config.ns_rotate else 0
+        rotated = servers[start:] + servers[:start]
+        healthy = [s for s in rotated if s not in self.down]
+        if len(healthy) == len(rotated):
+            return rotated
+        now = self.clock()
+        for server in rotated:
+            if server in self.down and now >= self.down[server]:
+                self._probe(server, wire, tcp, now)
+        return healthy + [s for s in rotated if s in self.down]
+
+    def _probe(self, server, wire, tcp, now):
+        self.down[server] = now + HEALTH_PROBE_INTERVAL
+        d = exchange(self.reactor, with_id(wire, random.getrandbits(16)), *server, tcp,
+                     self.config.rtimeout)
+        d.addCallbacks(lambda _: self._answered(server), lambda _: None)
+
+    def _failed(self, server, exc):
+        if server not in self.down:
+            log.warning("upstream %s:%d failed (%s): tried last until it answers again",
+                        server[0], server[1], exc)
+        self.down[server] = self.clock() + HEALTH_PROBE_INTERVAL
+
+    def _answered(self, server):
+        if self.down.pop(server, None) is not None:
+            log.info("upstream %s:%d answers again", *server)
 
     @defer.inlineCallbacks
     def lookup(self, name, rdtype):
@@ -156,7 +224,7 @@ class Forwarder:
         query = dns.message.make_query(name, rdtype)
         wire = yield self.forward(query.to_wire(), tcp=False, rotate_key=query.id)
         reply = dns.message.from_wire(wire)
-        if reply.flags & dns.flags.TC:
+        if reply.flags & dns.flags.TC:  # too big for UDP: the same query over TCP
             wire = yield self.forward(query.to_wire(), tcp=True, rotate_key=query.id)
             reply = dns.message.from_wire(wire)
         if reply.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):

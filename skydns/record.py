@@ -75,7 +75,7 @@ class Record:
     """
 
     __slots__ = ("key", "host", "port", "priority", "weight", "text", "mail", "ttl",
-                 "targetstrip", "group", "lease", "ip", "family", "target", "depth")
+                 "targetstrip", "group", "lease", "ip", "family", "target", "depth", "name")
 
     def __init__(self, key, host="", port=0, priority=0, weight=0, text="", mail=False,
                  ttl=0, targetstrip=0, group="", lease=0):
@@ -91,6 +91,7 @@ class Record:
         self.group = group
         self.lease = lease
         self.ip = None
+        self.name = None  # the DNS name of the key, filled on first use (SRV/MX/NS targets)
         self.family = None
         self.target = None
         self.depth = key.strip("/").count("/")  # how deep the key is: groups compare it

@@ -23,12 +23,14 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from . import __version__
+from . import encoder
 from . import wire as wirefmt
-from .authority import Result, hourly_serial
-from .forward import ForwardError
-from .rcache import ResponseCache
+from .authority import Result, hourly_serial, labels_of, name_text
+from .forward import ForwardError, Overloaded
+from .rcache import ResponseCache, cache_key, personalize, relayed
 
 log = logging.getLogger("skydns.resolver")
 
@@ -36,6 +38,10 @@ T = dns.rdatatype
 STUB_OPTION = 65011
 REVERSE_ZONES = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
 AUTHORS = "SkyDNS by Miek Gieben and Brian Ketelsen; Python rewrite by the skydns-kube team"
+# Forwarding events counted in skydns_forward_events_total{event}.
+FORWARD_EVENTS = ("coalesced", "prefetch", "stale")
+PREFETCH_FRACTION = 0.1  # refresh a popular entry in the last tenth of its life...
+PREFETCH_MIN_WINDOW = 1.0  # ...or its last second, for short TTLs (they count whole seconds)
 
 
 class RateLimitedLog:
@@ -82,18 +88,40 @@ class Resolver:
         self.forwarder = forwarder
         self.metrics = metrics
         self.signer = signer
-        self.rcache = ResponseCache(config.rcache, config.rcache_ttl)
+        self.rcache = self._new_rcache(config)
+        self.in_flight = {}  # cache key -> Deferreds waiting for the one upstream query
+        self.coalesced = 0   # of those, the ones that did not send it (bounded too)
+        self.events = dict.fromkeys(FORWARD_EVENTS, 0)
         self._stubs = None
         self.failure_log = RateLimitedLog(log)
         store.change_listeners.append(self._store_changed)
         store.reset_listeners.append(self._store_reset)
+        self._register_metrics(metrics)
 
     def reconfigure(self, config):
         self.config = config
         self.authority.config = config
         self.forwarder.config = config
-        self.rcache = ResponseCache(config.rcache, config.rcache_ttl)
+        self.rcache = self._new_rcache(config)
         self._stubs = None
+
+    @staticmethod
+    def _new_rcache(config):
+        return ResponseCache(config.rcache, config.rcache_ttl, config.rcache_stale)
+
+    def _register_metrics(self, metrics):
+        metrics.labelled_counter(
+            "skydns_forward_events", "Forwarded queries coalesced into one upstream query, "
+            "prefetches, stale answers served, response cache evictions", "event",
+            lambda: dict(self.events, evicted=self.rcache.evicted))
+        metrics.gauge("skydns_rcache_entries", "Forwarded answers cached",
+                      lambda: len(self.rcache))
+        metrics.gauge("skydns_rcache_bytes", "Approximate memory of the cached forwarded "
+                      "answers (keys, replies, entries)", lambda: self.rcache.bytes)
+        metrics.gauge("skydns_upstream_in_flight", "Queries waiting for an upstream server",
+                      lambda: self.forwarder.outstanding)
+        metrics.gauge("skydns_upstreams_down", "Upstream servers marked down (tried last)",
+                      self.forwarder.down_count)
 
     # -- stub zones ----------------------------------------------------------------------
 
@@ -101,6 +129,10 @@ class Resolver:
         prefix = self.config.stub_labels
         if labels[:len(prefix)] == prefix:
             self._stubs = None
+            if self.config.stubzones:  # a new stub zone must win over answers cached before
+                self.rcache.clear()
+        elif labels[:1] == ("arpa",):  # a PTR record now answers what was forwarded
+            self.rcache.drop(labels)
 
     def _store_reset(self):
         self._stubs = None
@@ -152,7 +184,8 @@ class Resolver:
             return self.authoritative(request, qname, qtype)
         if qtype == T.PTR and any(qname.is_subdomain(z) for z in REVERSE_ZONES):
             if self.store.loaded:
-                result = self.authority.ptr_record(qname, Result())
+                result = self.authority.ptr_record(name_text(qname), labels_of(qname),
+                                                   Result())
                 if result is not None:
                     return defer.succeed(self.from_result(request, result))
             return self.forward(request, wire, tcp, system="reverse")
@@ -193,7 +226,7 @@ class Resolver:
             response.answer.append(self.signer.dnskey_rrset())
             self.secure(response, request)
             return Reply(response)
-        result = yield self.authority.query(qname, qtype)
+        result = yield self.authority.query(name_text(qname), labels_of(qname), qtype)
         response = self.from_result(request, result).message
         if dnssec:
             if result.rcode == dns.rcode.NXDOMAIN or not result.answer:
@@ -222,27 +255,86 @@ class Resolver:
         return response
 
     def from_result(self, request, result):
+        """The Result as a dnspython message (the general path, and DNSSEC signing)."""
         response = self.make_response(request, aa=result.aa)
         response.set_rcode(result.rcode)
-        response.answer = Result.rrsets(result.answer)
-        response.authority = Result.rrsets(result.authority)
-        response.additional = Result.rrsets(result.additional)
+        response.answer = encoder.to_dnspython(self.answer_rrsets(result))
+        response.authority = encoder.to_dnspython(Result.rrsets(result.authority))
+        response.additional = encoder.to_dnspython(Result.rrsets(result.additional))
+        self.count_negative(result)
+        return Reply(response, system=result.system, cacheable=result.cacheable,
+                     deps=result.deps)
+
+    def answer_rrsets(self, result):
+        """The answer's RRsets; one not cached is rotated at random here (cached answers
+        rotate in the wire cache)."""
+        answer = Result.rrsets(result.answer)
         if self.config.round_robin and not result.cacheable:
-            # Cached answers rotate in the wire cache; these are built anew each time.
-            count = wirefmt.variant_count(response, True)
-            response.answer = wirefmt.rotated(response.answer, random.randrange(count))
+            count = min(encoder.rotations(answer), wirefmt.MAX_VARIANTS)
+            answer = encoder.rotated(answer, random.randrange(count))
+        return answer
+
+    def count_negative(self, result):
         if result.rcode == dns.rcode.NXDOMAIN:
             self.metrics.error("nxdomain")
         elif not result.answer and result.rcode == dns.rcode.NOERROR:
             self.metrics.error("nodata")
-        return Reply(response, system=result.system, cacheable=result.cacheable,
-                     deps=result.deps)
+
+    # -- the fast path -------------------------------------------------------------------
+
+    def fast_query(self, query):
+        """A Deferred Result for a plain query (``wire.parse_query``) in the domain, or
+        None when the general path must answer it: not in the domain (forwarding, reverse
+        names), DNSSEC requested from a signing server, stub zones configured, or the store
+        not loaded yet (SERVFAIL there)."""
+        if not self.store.loaded or self.config.stubzones:
+            return None
+        if query.do and self.signer is not None:
+            return None
+        if not self.authority.in_domain(query.name):
+            return None
+        return self.authority.query(query.name, query.labels, query.qtype)
 
     # -- forwarding ----------------------------------------------------------------------
 
     def cached_forward(self, data: bytes, tcp: bool) -> bytes | None:
-        """The response cache's reply for these raw query bytes (client's ID), or None."""
-        return None
+        """The response cache's reply for these raw query bytes, or None: the client's ID
+        and question, TTLs aged. A popular entry near its end is refreshed meanwhile."""
+        cache = self.rcache
+        if not cache.entries:
+            return None
+        key = cache_key(data, tcp)
+        if key is None:
+            return None
+        now = cache.clock()
+        entry = cache.fresh(key, now)
+        if entry is None:
+            return None
+        entry.hits += 1
+        if self._prefetch_due(entry, now):
+            self._prefetch(key, entry, cache)
+        return personalize(entry.reply_at(now), data, entry.qend)
+
+    def _prefetch_due(self, entry, now):
+        hits = self.config.rcache_prefetch
+        return (hits and entry.hits >= hits and not entry.prefetching
+                and entry.expires - now <= max(entry.life * PREFETCH_FRACTION,
+                                               PREFETCH_MIN_WINDOW))
+
+    def _prefetch(self, key, entry, cache):
+        """Refresh an entry in the background: one upstream query, whoever asks meanwhile."""
+        entry.prefetching = True
+        self.events["prefetch"] += 1
+        self._refresh(key, entry, cache)
+
+    def _refresh(self, key, entry, cache):
+        """Ask upstream again for a cached entry's query, not waiting for the reply (which
+        replaces the entry); the query is rebuilt from the key."""
+        query = b"\x00\x00" + key[1]
+        d = self._fetch(key, query, key[0], random.getrandbits(16), cache, entry.limit,
+                        entry.deps)
+        d.addErrback(lambda f: self.failure_log.warn(
+            "refreshing %s failed: %s", dns.name.from_wire(query, 12)[0], f.getErrorMessage()))
 
     @defer.inlineCallbacks
     def forward(self, request, wire, tcp, system):
@@ -254,26 +346,84 @@ class Resolver:
             response.set_rcode(dns.rcode.SERVFAIL)
             self.metrics.error("norec")
             return Reply(response, system=system)
-        # The reply was shaped by the client's EDNS (OPT present, UDP size), so that is
-        # part of the key: a reply fetched for a 4096-byte client never goes to a 512 one.
-        shape = "tcp" if tcp else (request.edns,
-                                   wirefmt.udp_limit(request, self.config.max_udp_size))
-        key = ResponseCache.key(qname, request.question[0].rdtype, request.question[0].rdclass,
-                                bool(request.ednsflags & dns.flags.DO), shape)
-        cached = self.rcache.get(key)
-        if cached is not None:
-            return Reply(wire=wire[:2] + cached[2:], system="cache")
-        if self.config.rcache:
+        cache = self.rcache
+        key = cache_key(wire, tcp)
+        if cache.size:
             self.metrics.cache_misses["response"] += 1
+        # A reply bigger than this client takes is cut for it with TC, so it is not cached.
+        limit = 65535 if tcp else wirefmt.udp_limit(request, self.config.max_udp_size)
+        deps = labels_of(qname) if system == "reverse" else None  # a PTR record may come
+        if key is not None and self.forwarder.all_down():
+            # RFC 8767 5: a stale answer now rather than after every server's timeout; the
+            # refresh (shared by all who ask) goes on in the background.
+            entry = cache.expired(key, cache.clock())
+            if entry is not None:
+                self._refresh(key, entry, cache)
+                return self._stale_reply(entry, wire)
         try:
-            reply = yield self.forwarder.forward(wire, tcp, rotate_key=request.id)
-        except ForwardError as exc:
-            self.failure_log.warn("forwarding %s failed: %s", qname, exc)
+            reply = yield self._fetch(key, wire, tcp, request.id, cache, limit, deps)
+        except Overloaded:
+            self.metrics.error("overloaded")
             return self.error(request, dns.rcode.SERVFAIL, "fail", system=system)
+        except ForwardError as exc:
+            stale = self._stale(cache, key, wire)
+            self.failure_log.warn("forwarding %s failed: %s%s", qname, exc,
+                                  "; serving a stale answer" if stale else "")
+            return stale or self.error(request, dns.rcode.SERVFAIL, "fail", system=system)
+        if reply[3] & 0x0F == dns.rcode.SERVFAIL:  # the upstream could not resolve it
+            stale = self._stale(cache, key, wire)
+            if stale is not None:
+                return stale
+        return Reply(wire=relayed(reply, wire), system=system)
+
+    def _fetch(self, key, wire, tcp, rotate_key, cache, limit, deps):
+        """A Deferred upstream reply (RA set) to ``wire``. Identical queries in flight (same
+        key) share one upstream query; the reply is cached once, for all of them."""
+        waiter = defer.Deferred()
+        waiters = self.in_flight.get(key) if key is not None else None
+        if waiters is not None:
+            limit = self.config.max_concurrent
+            if limit and self.coalesced >= limit:  # a flood of one name costs memory too
+                return defer.fail(Overloaded(f"{self.coalesced} queries wait for others"))
+            self.coalesced += 1
+            self.events["coalesced"] += 1
+            waiters.append(waiter)
+            return waiter
+        waiters = [waiter]
+        if key is not None:
+            self.in_flight[key] = waiters
+        d = self.forwarder.forward(wire, tcp, rotate_key=rotate_key)
+        d.addCallback(self._arrived, key, cache, limit, deps)
+        d.addBoth(self._fan_out, key, waiters)
+        return waiter
+
+    @staticmethod
+    def _arrived(reply, key, cache, limit, deps):
         reply = reply[:3] + bytes([reply[3] | 0x80]) + reply[4:]  # relayed with RA set
-        if reply[3] & 0x0F in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            self.rcache.put(key, reply)
-        return Reply(wire=reply, system=system)
+        if key is not None and len(reply) <= limit:
+            cache.store(key, reply, limit, deps)
+        return reply
+
+    def _fan_out(self, result, key, waiters):
+        if key is not None and self.in_flight.get(key) is waiters:
+            del self.in_flight[key]
+        self.coalesced -= len(waiters) - 1
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+        return None
+
+    def _stale(self, cache, key, wire):
+        """An expired entry for this query, as RFC 8767 allows when no upstream answers:
+        TTL 30 everywhere. None when there is none (or it is older than -rcache-stale)."""
+        entry = cache.expired(key, cache.clock()) if key is not None else None
+        return None if entry is None else self._stale_reply(entry, wire)
+
+    def _stale_reply(self, entry, wire):
+        self.events["stale"] += 1
+        return Reply(wire=personalize(entry.stale_reply(), wire, entry.qend), system="cache")
 
     def short_name(self, request, system):
         """NXDOMAIN, with a root SOA for negative caching, for a name with fewer labels than
@@ -310,6 +460,9 @@ class Resolver:
         try:
             reply = yield self.forwarder.forward(marked.to_wire(), tcp, servers=servers,
                                                  rotate_key=request.id)
+        except Overloaded:
+            self.metrics.error("overloaded")
+            return self.error(request, dns.rcode.SERVFAIL, "fail", system="stub")
         except ForwardError as exc:
             self.failure_log.warn("stub forwarding %s failed: %s", request.question[0].name,
                                   exc)

@@ -10,6 +10,7 @@ reused, stored in the wire cache for the next query.
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import time
@@ -25,12 +26,19 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from . import encoder
 from . import wire as wirefmt
 from .resolver import RateLimitedLog
 
 log = logging.getLogger("skydns.server")
 
 BATCH = 512
+# Queries the wire cache cannot answer wait in a queue of at most this many (the oldest is
+# dropped beyond it: its client has retried by then), and are worked on for at most
+# MISS_BUDGET seconds before the socket is read again, so that queries for names that exist
+# are answered at once even while a flood of misses is being worked through.
+MAX_PENDING = 4096
+MISS_BUDGET = 0.002
 TCP_IDLE_TIMEOUT = 10
 # Per TCP connection: stop reading queries while more than this many bytes of replies are
 # waiting to be sent (the transport's bufferSize; it pauses us, as a streaming producer),
@@ -59,6 +67,15 @@ class QueryHandler:
         if cached is not None:  # a forwarded answer, found on the raw bytes before parsing
             self.metrics.observe("cache", time.perf_counter() - started, len(cached))
             return cached
+        query = wirefmt.parse_query(data)
+        if query is not None:
+            d = self.resolver.fast_query(query)
+            if d is not None:
+                if d.called:  # no upstream involved: answer now
+                    result = []
+                    d.addBoth(result.append)
+                    return self._finish_fast(result[0], query, data, tcp, started)
+                return d.addBoth(self._finish_fast, query, data, tcp, started)
         try:
             request = dns.message.from_wire(data)
         except Exception as exc:
@@ -90,6 +107,75 @@ class QueryHandler:
         response = dns.message.make_response(request)
         response.set_rcode(dns.rcode.SERVFAIL)
         return wirefmt.to_wire(response)
+
+    # -- the fast path: a Result encoded straight to bytes --------------------------------
+
+    def _finish_fast(self, result, query, data, tcp, started):
+        if isinstance(result, Failure):
+            return self._fast_error(query, data, result)
+        try:
+            out = self._encode(result, query, data, tcp)
+        except Exception:
+            return self._fast_error(query, data)
+        self.metrics.observe(result.system, time.perf_counter() - started, len(out))
+        if self.config.verbose:
+            log.info("%s %s %s -> %s %d bytes (%s, fast path)", "tcp" if tcp else "udp",
+                     query.name, dns.rdatatype.to_text(query.qtype),
+                     dns.rcode.to_text(out[3] & 0x0F), len(out), result.system)
+        return out
+
+    def _fast_error(self, query, data, failure=None):
+        """SERVFAIL for a fast-path query that failed; the traceback rate-limited."""
+        self.metrics.error("internal")
+        if failure is None:
+            failure = Failure()
+        self.failure_log.warn("failed to answer %s: %s", query.name, failure.getTraceback())
+        flags = 0x8000 | (data[2] << 8 & 0x0100) | 0x0080 | dns.rcode.SERVFAIL
+        opt = encoder.opt_record(self.config.max_udp_size) if query.edns else None
+        return encoder.message(data[:2], flags, data[12:query.qend], (), (), (), opt, 65535)
+
+    def _encode(self, result, query, data, tcp):
+        """Render a Result for a query read by ``parse_query``, and store it in the wire
+        cache when it can be reused: every rotation of its answer, for this transport (and
+        for both when nothing had to be left out to fit the limit)."""
+        cap = self.config.max_udp_size
+        udp_limit = wirefmt.fast_udp_limit(query, cap)
+        limit = 65535 if tcp else udp_limit
+        flags = (0x8000 | (data[2] << 8 & 0x0100) | 0x0080 | (0x0400 if result.aa else 0)
+                 | result.rcode)
+        opt = encoder.opt_record(cap) if query.edns else None
+        question = data[12:query.qend]
+        authority = encoder.rrsets(result.authority)
+        additional = encoder.rrsets(result.additional)
+        answer = self.resolver.answer_rrsets(result)
+        self.resolver.count_negative(result)
+        out, complete = encoder.render(data[:2], flags, question, answer, authority,
+                                       additional, opt, limit, tcp, query.name)
+        truncated = bool(out[2] & 0x02)
+        if truncated:
+            self.metrics.error("truncated")
+        if not result.cacheable:
+            return out
+        count = 1
+        if self.config.round_robin and not truncated:
+            count = min(encoder.rotations(answer), wirefmt.MAX_VARIANTS,
+                        max(1, wirefmt.WIDE_ENTRY_BYTES // len(out)))
+        responses = [out]
+        for shift in range(1, count):
+            variant, whole = encoder.render(
+                data[:2], flags, question, encoder.rotated(answer, shift), authority,
+                additional, opt, limit, tcp, query.name)
+            responses.append(variant)
+            complete = complete and whole
+        self.metrics.cache_misses["wire"] += 1
+        slot = self.metrics.slot(result.system, len(out))
+        # Whole and within what this query may get over UDP: the same bytes for both.
+        shared = complete and max(map(len, responses)) <= udp_limit
+        self.cache.insert(data, responses, result.deps, slot, tcp=tcp, shared=shared,
+                          negative=not result.answer)
+        return out
+
+    # -- the general path ----------------------------------------------------------------
 
     def _finish(self, reply, request, data, tcp, started):
         if reply is None:
@@ -137,7 +223,7 @@ class QueryHandler:
                 return
         self.metrics.cache_misses["wire"] += 1
         slot = self.metrics.slot(reply.system, len(out))
-        self.cache.insert(data, responses, reply.deps, slot)
+        self.cache.insert(data, responses, reply.deps, slot, negative=not message.answer)
 
 
 @implementer(IReadDescriptor)
@@ -150,6 +236,8 @@ class UDPServer:
         self.handler = handler
         self.cache = cache
         self.metrics = metrics
+        self.pending = collections.deque()
+        self._drain_call = None
 
     def fileno(self):
         return self.sock.fileno()
@@ -165,12 +253,16 @@ class UDPServer:
 
     def stop(self):
         self.reactor.removeReader(self)
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self.pending.clear()
         self.sock.close()
 
     def doRead(self):
         recvfrom = self.sock.recvfrom
         sendto = self.sock.sendto
         table = self.cache.table
+        pending = self.pending
         served = 0
         started = time.perf_counter()
         for _ in range(BATCH):
@@ -182,7 +274,10 @@ class UDPServer:
                 continue  # e.g. an ICMP error queued on the socket
             entry = table.get(data[2:].lower())
             if entry is None:
-                self._slow(data, addr)
+                if len(pending) >= MAX_PENDING:
+                    pending.popleft()
+                    self.metrics.error("dropped")
+                pending.append((data, addr))
                 continue
             n = entry[3]
             if n > 1:
@@ -200,6 +295,22 @@ class UDPServer:
                 pass  # send buffer full: UDP may drop, the client retries
         if served:
             self.metrics.observe_fast_batch(served, time.perf_counter() - started)
+        if pending:
+            self._drain()
+
+    def _drain(self):
+        """Answer queued misses for at most MISS_BUDGET seconds; come back for the rest
+        after the reactor had its turn (and read the socket again)."""
+        self._drain_call = None
+        pending = self.pending
+        deadline = time.perf_counter() + MISS_BUDGET
+        while pending:
+            data, addr = pending.popleft()
+            self._slow(data, addr)
+            if time.perf_counter() >= deadline:
+                break
+        if pending and self._drain_call is None:
+            self._drain_call = self.reactor.callLater(0, self._drain)
 
     def _slow(self, data, addr):
         try:
@@ -270,7 +381,7 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
         if self._closing:
             return
         self.resetTimeout()
-        cached = self.factory.cache.answer(data)
+        cached = self.factory.cache.answer(data, tcp=True)
         if cached is not None:
             self.sendString(cached)
             return

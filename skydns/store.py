@@ -160,6 +160,15 @@ class RecordStore:
                 return None
         return node
 
+    def existing_depth(self, labels) -> int:
+        """How many leading labels name a node that exists (the closest encloser's)."""
+        node = self.root
+        for depth, label in enumerate(labels):
+            node = node.children.get(label)
+            if node is None:
+                return depth
+        return len(labels)
+
     def exact(self, labels) -> Record | None:
         node = self.node(labels)
         return node.record if node else None

@@ -10,6 +10,8 @@ is answered by the general path and dropped when a record they were computed fro
 
 from __future__ import annotations
 
+import re
+
 import dns.exception
 import dns.flags
 import dns.message
@@ -18,6 +20,7 @@ import dns.rdatatype
 
 ROTATED_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SRV)
 MAX_VARIANTS = 16
+WIDE_ENTRY_BYTES = 64 * 1024  # round-robin rotations kept of a wide answer, in bytes
 CACHEABLE_SIZE = 512  # fits any client buffer, so one entry serves UDP and TCP alike
 
 
@@ -34,6 +37,102 @@ def question_end(wire: bytes) -> int:
             return -1  # no compression in a question we accept
         pos += length + 1
     return -1
+
+
+class Query:
+    """The parts of a plain query that the fast path needs, read from its bytes."""
+
+    __slots__ = ("qend", "name", "labels", "qtype", "edns", "payload", "do")
+
+    def __init__(self, qend, name, labels, qtype, edns, payload, do):
+        self.qend = qend        # offset just past the question
+        self.name = name        # lower-case absolute text
+        self.labels = labels    # key labels, root-most first
+        self.qtype = qtype
+        self.edns = edns        # an OPT record was present
+        self.payload = payload  # the client's UDP size (512 without EDNS)
+        self.do = do            # DNSSEC OK
+
+
+# The key lower-cases all of the query for speed, so bytes outside the name that happen to
+# be ASCII letters (type 65 is "A", an EDNS size of 0x0441 ends in "A") would collide with
+# their lower-case twins. Queries with a letter there are never stored: then no key in the
+# table has one, and a query whose lowered key gained one cannot match.
+_LETTERS = re.compile(rb"[A-Za-z]")
+_PLAIN_NAME = re.compile(rb"[a-z0-9_*\-.]*")
+# Meta and pseudo types, left to the general path (ANY is refused there, OPT is no question).
+_GENERAL_TYPES = frozenset((0, 41, 251, 252, 253, 254, 255))
+_COOKIE = 10
+
+
+def parse_query(data: bytes) -> Query | None:
+    """A Query when ``data`` is a standard query with one IN question of plain labels
+    (letters, digits, ``-``, ``_``, ``*``) and nothing else but an OPT record of version 0
+    without options or with a well-formed cookie; None for anything else, which the
+    general path parses (and, if need be, refuses) with dnspython."""
+    n = len(data)
+    if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+        return None  # a response, another opcode, or not exactly one question
+    arcount = data[10] << 8 | data[11]
+    if arcount > 1:
+        return None
+    raw = []
+    pos = 12
+    while True:
+        if pos >= n:
+            return None
+        length = data[pos]
+        if not length:
+            break
+        if length > 63:
+            return None  # a compression pointer or a reserved label type
+        raw.append(data[pos + 1:pos + 1 + length])
+        pos += length + 1
+    if pos - 11 > 255:
+        return None  # longer than a name may be
+    qend = pos + 5
+    if qend > n or data[pos + 3:pos + 5] != b"\x00\x01":
+        return None
+    qtype = data[pos + 1] << 8 | data[pos + 2]
+    if qtype in _GENERAL_TYPES:
+        return None
+    joined = b".".join(raw).lower()
+    # Plain characters only, and no dot inside a label (the dots are the joins).
+    if not _PLAIN_NAME.fullmatch(joined) or joined.count(b".") != len(raw) - 1:
+        return None
+    if raw:
+        name = joined.decode("ascii") + "."
+        labels = name[:-1].split(".")
+        labels.reverse()
+    else:
+        name, labels = ".", []
+    if not arcount:
+        if qend != n:
+            return None
+        return Query(qend, name, tuple(labels), qtype, False, 512, False)
+    end = qend + 11
+    if end > n or data[qend:qend + 3] != b"\x00\x00\x29" or data[qend + 6]:
+        return None  # not an OPT at the root, or EDNS version above 0
+    rdlength = data[qend + 9] << 8 | data[qend + 10]
+    if end + rdlength != n:
+        return None
+    if rdlength and not _cookie_only(data[end:]):
+        return None
+    payload = data[qend + 3] << 8 | data[qend + 4]
+    return Query(qend, name, tuple(labels), qtype, True, payload, bool(data[qend + 7] & 0x80))
+
+
+def _cookie_only(options: bytes) -> bool:
+    """Exactly one option, a DNS cookie of a valid length (RFC 7873: 8, or 16 to 40)."""
+    if len(options) < 4 or options[0] << 8 | options[1] != _COOKIE:
+        return False
+    length = options[2] << 8 | options[3]
+    return len(options) == 4 + length and (length == 8 or 16 <= length <= 40)
+
+
+def fast_udp_limit(query: Query, cap: int) -> int:
+    """``udp_limit`` for a Query read by ``parse_query``."""
+    return max(512, min(query.payload, cap)) if query.edns else 512
 
 
 def formerr(wire: bytes) -> bytes | None:
@@ -141,57 +240,110 @@ def variant_count(response: dns.message.Message, round_robin: bool) -> int:
 
 
 class WireCache:
-    """Prebuilt answers keyed by query bytes; the UDP reader reads ``table`` directly.
+    """Prebuilt answers keyed by query bytes; the transports read ``table`` (UDP) and
+    ``tcp_table`` directly.
 
-    An entry is a list ``[header, question_end, variants, n_variants, next, slot]``:
+    An entry is a list ``[header, question_end, variants, n_variants, next, slot, deps]``:
     response flags and counts (10 bytes), where the question ends in the query, the answer
-    bytes after the question (one per round-robin rotation), and the metrics slot.
+    bytes after the question (one per round-robin rotation), the metrics slot and the
+    dependency labels it is registered under. An answer that was rendered whole serves both
+    transports (it is in both tables); one cut to fit a UDP limit (additional dropped or
+    truncated with TC) only UDP, and a TCP rendering of a wide answer only TCP.
+
+    Bounded: at most ``max_entries`` per table, oldest out first, and negative answers
+    (NXDOMAIN, NODATA) at most a quarter of that, so a flood of unique names cycles
+    through its own share instead of evicting the answers for names that exist. An entry
+    leaves its dependency index with it.
     """
 
     def __init__(self, max_entries: int = 100000):
         self.max_entries = max_entries
+        self.max_negative = max(1, max_entries // 4)
         self.table = {}
-        self.deps = {}   # key label tuple -> set of table keys computed from it
+        self.tcp_table = {}
+        self.negative = {}  # keys of negative answers, oldest first (an ordered set)
+        self.deps = {}      # key label tuple -> set of table keys computed from it
 
     def __len__(self):
-        return len(self.table)
+        """Distinct answers (one serving both transports counts once)."""
+        table = self.table
+        return len(table) + sum(1 for key in self.tcp_table if key not in table)
 
-    def insert(self, query: bytes, responses: list, deps, slot):
-        """Store the answer rendered for ``query``; all responses share header/question."""
+    def insert(self, query: bytes, responses: list, deps, slot, tcp: bool = False,
+               shared: bool = True, negative: bool = False):
+        """Store the answer rendered for ``query`` (one response per rotation; those whose
+        header differs from the first, e.g. truncated differently, are left out)."""
         qend = question_end(query)
-        if qend < 0:
+        if qend < 0 or _LETTERS.search(query, 2, 12) or _LETTERS.search(query, qend - 4):
             return
-        variants = []
         header = responses[0][2:12]
+        question = query[12:qend].lower()
+        variants = []
         for wire in responses:
-            if wire[2:12] != header or wire[12:qend].lower() != query[12:qend].lower():
+            if wire[12:qend].lower() != question:
                 return  # not the same shape: never serve something we did not render
-            variants.append(wire[qend:])
+            if wire[2:12] == header:
+                variants.append(wire[qend:])
         key = query[2:].lower()
-        if key not in self.table and len(self.table) >= self.max_entries:
-            self.table.pop(next(iter(self.table)))
-            if len(self.deps) > 4 * self.max_entries:
-                self.clear()
-        self.table[key] = [header, qend, tuple(variants), len(variants), 0, slot]
+        deps = tuple(deps)
+        entry = [header, qend, tuple(variants), len(variants), 0, slot, deps]
+        if shared:
+            tables = (self.table, self.tcp_table)
+        else:
+            tables = (self.tcp_table,) if tcp else (self.table,)
+        for table in tables:
+            if key not in table and len(table) >= self.max_entries:
+                self._evict(table, next(iter(table)))
+            table[key] = entry
+        if negative:
+            self.negative[key] = None
+            if len(self.negative) > self.max_negative:
+                self._drop(next(iter(self.negative)))
         for labels in deps:
             self.deps.setdefault(labels, set()).add(key)
 
+    def _evict(self, table, key):
+        entry = table.pop(key)
+        other = self.tcp_table if table is self.table else self.table
+        if key not in other:
+            self.negative.pop(key, None)
+            self._unindex(key, entry)
+
+    def _drop(self, key):
+        """Remove ``key`` from both tables and from every index it is in."""
+        self.negative.pop(key, None)
+        for table in (self.table, self.tcp_table):
+            entry = table.pop(key, None)
+            if entry is not None:
+                self._unindex(key, entry)
+
+    def _unindex(self, key, entry):
+        deps = self.deps
+        for labels in entry[6]:
+            keys = deps.get(labels)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del deps[labels]
+
     def invalidate(self, labels: tuple):
         """A record at ``labels`` changed: drop answers for that name and every ancestor."""
-        table, deps = self.table, self.deps
+        deps = self.deps
         for i in range(len(labels) + 1):
             keys = deps.pop(labels[:i], None)
             if keys:
                 for key in keys:
-                    table.pop(key, None)
+                    self._drop(key)
 
     def clear(self):
         self.table.clear()
+        self.tcp_table.clear()
+        self.negative.clear()
         self.deps.clear()
 
-    def answer(self, query: bytes):
+    def answer(self, query: bytes, tcp: bool = False):
         """The cached reply to ``query`` or None (the same logic the UDP reader inlines)."""
-        entry = self.table.get(query[2:].lower())
+        entry = (self.tcp_table if tcp else self.table).get(query[2:].lower())
         if entry is None:
             return None
         n = entry[3]

@@ -330,14 +330,14 @@ class TestUpstreamChoice:
 
     def test_ns_rotate_uses_both(self, etcd, two):
         a, b = two
-        with running(etcd.url, f"-nameservers={a.address},{b.address}") as sky:
+        with running(etcd.url, "-rcache=0", f"-nameservers={a.address},{b.address}") as sky:
             _ten_queries(sky)
         assert a.queries and b.queries
         assert len(a.queries) + len(b.queries) == 10
 
     def test_ns_rotate_false_uses_first_only(self, etcd, two):
         a, b = two
-        with running(etcd.url, "-ns-rotate=false",
+        with running(etcd.url, "-ns-rotate=false", "-rcache=0",
                      f"-nameservers={a.address},{b.address}") as sky:
             _ten_queries(sky)
             _ten_queries(sky, tcp=True)
@@ -1277,7 +1277,7 @@ def test_forwarded_udp_reply_over_8k_is_relayed_whole(etcd, start_skydns):
 
 
 def test_no_rcache_forwards_every_query(etcd, start_skydns, counting_upstream):
-    sky = start_skydns(upstream=counting_upstream.address)
+    sky = start_skydns("-rcache=0", upstream=counting_upstream.address)
     for _ in range(3):
         assert addresses(sky.query("www.example.com.")) == ["192.0.2.10"]
     assert len(counting_upstream.queries) == 3

@@ -441,7 +441,7 @@ def test_write_pause_and_in_flight_cap_are_tracked_apart():
             return pending[-1][0]
 
     class NoCache:
-        def answer(self, data):
+        def answer(self, data, tcp=False):
             return None
 
     proto = DNSTCPFactory(Handler(), NoCache()).buildProtocol(("127.0.0.1", 0))
