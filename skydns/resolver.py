@@ -282,6 +282,35 @@ class Resolver:
 
     # -- the fast path -------------------------------------------------------------------
 
+    def missing_name(self, query):
+        """For a plain query of a name in the domain that does not exist, the labels of its
+        closest existing ancestor (the answer is NXDOMAIN whatever the type: every record
+        kind looks at that name or below it); None otherwise, or when the fast path does
+        not answer (see ``fast_query``). The apex and ``local.dns`` always exist, and a
+        wildcard label matches names that do."""
+        config = self.config
+        if not self.store.loaded or config.stubzones:
+            return None
+        if query.do and self.signer is not None:
+            return None
+        name = query.name
+        if name == config.domain_text or not self.authority.in_domain(name):
+            return None
+        if config.local and name == config.local_dns_text:
+            return None
+        labels = query.labels
+        if "*" in labels or "any" in labels:
+            return None
+        depth = self.store.existing_depth(labels)
+        return labels[:depth] if depth < len(labels) else None
+
+    def soa_suffix_length(self) -> int:
+        """Characters at the end of a name that can decide how the SOA compresses against
+        it: those of the longest SOA name (its names compress only against suffixes); one
+        more is compared, which says whether a suffix of that length starts a label."""
+        config = self.config
+        return max(len("ns.dns." + config.domain_text), len(config.hostmaster_text))
+
     def fast_query(self, query):
         """A Deferred Result for a plain query (``wire.parse_query``) in the domain, or
         None when the general path must answer it: not in the domain (forwarding, reverse

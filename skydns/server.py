@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import socket
+import struct
 import time
 
 import dns.exception
@@ -47,6 +48,14 @@ TCP_WRITE_BUFFER = 64 * 1024
 TCP_MAX_IN_FLIGHT = 32
 
 
+MAX_TEMPLATES = 1024
+# Response header after the ID for the NXDOMAIN template, by (RD, EDNS): QR, RD copied, AA,
+# RA, NXDOMAIN; one question, one authority record (the SOA), the OPT when asked with EDNS.
+_NX_HEADERS = {(rd, edns): struct.pack("!HHHHH", 0x8000 | rd << 8 | 0x0400 | 0x0080 | 3, 1,
+                                       0, 1, 1 if edns else 0)
+               for rd in (0, 1) for edns in (False, True)}
+
+
 class QueryHandler:
     """Parses a query, asks the Resolver, renders the reply and feeds the wire cache."""
 
@@ -69,6 +78,9 @@ class QueryHandler:
             return cached
         query = wirefmt.parse_query(data)
         if query is not None:
+            encloser = self.resolver.missing_name(query)
+            if encloser is not None:
+                return self._nxdomain(query, data, encloser, started)
             d = self.resolver.fast_query(query)
             if d is not None:
                 if d.called:  # no upstream involved: answer now
@@ -124,6 +136,47 @@ class QueryHandler:
                      dns.rcode.to_text(out[3] & 0x0F), len(out), result.system)
         return out
 
+    def _nxdomain(self, query, data, encloser, started):
+        """NXDOMAIN for a name that does not exist, from a template: the SOA record after
+        the question is the same bytes for every name of the same length and last labels
+        (its names compress against the question), so it is rendered once per shape and
+        hour. Stored in the wire cache only when the same query comes a second time: a
+        flood of unique names never enters it."""
+        cache = self.cache
+        qend = query.qend
+        shape = (qend, query.name[-self.resolver.soa_suffix_length() - 1:])
+        tail = cache.templates.get(shape)
+        if tail is None:
+            tail = self._nxdomain_tail(query, data)
+            if len(cache.templates) >= MAX_TEMPLATES:
+                cache.templates.clear()
+            cache.templates[shape] = tail
+        rd = data[2] & 0x01
+        head = _NX_HEADERS[rd, query.edns]
+        if query.edns:
+            out = b"".join((data[:2], head, data[12:qend], tail,
+                            encoder.opt_record(self.config.max_udp_size)))
+        else:
+            out = b"".join((data[:2], head, data[12:qend], tail))
+        self.metrics.error("nxdomain")
+        self.metrics.observe("auth", time.perf_counter() - started, len(out))
+        if self.config.verbose:
+            log.info("%s %s -> NXDOMAIN %d bytes (auth, template)", query.name,
+                     dns.rdatatype.to_text(query.qtype), len(out))
+        if cache.seen_before(data):
+            self.metrics.cache_misses["wire"] += 1
+            cache.insert(data, [out], (encloser,), self.metrics.slot("auth", len(out)),
+                         negative=True)
+        return out
+
+    def _nxdomain_tail(self, query, data):
+        """The SOA record as the encoder writes it after this question."""
+        owner, soa = self.resolver.authority.soa()
+        record = (owner, dns.rdatatype.SOA, self.config.min_ttl, soa)
+        out = encoder.message(data[:2], 0, data[12:query.qend], (), [record[:3] + ([soa],)],
+                              (), None, 65535, query.name)
+        return out[query.qend:]
+
     def _fast_error(self, query, data, failure=None):
         """SERVFAIL for a fast-path query that failed; the traceback rate-limited."""
         self.metrics.error("internal")
@@ -171,8 +224,11 @@ class QueryHandler:
         slot = self.metrics.slot(result.system, len(out))
         # Whole and within what this query may get over UDP: the same bytes for both.
         shared = complete and max(map(len, responses)) <= udp_limit
+        negative = not result.answer
+        if negative and not self.cache.seen_before(data):
+            return out  # stored the second time it is asked (see _nxdomain)
         self.cache.insert(data, responses, result.deps, slot, tcp=tcp, shared=shared,
-                          negative=not result.answer)
+                          negative=negative)
         return out
 
     # -- the general path ----------------------------------------------------------------
@@ -295,12 +351,13 @@ class UDPServer:
                 pass  # send buffer full: UDP may drop, the client retries
         if served:
             self.metrics.observe_fast_batch(served, time.perf_counter() - started)
-        if pending:
+        if pending and self._drain_call is None:
             self._drain()
 
     def _drain(self):
         """Answer queued misses for at most MISS_BUDGET seconds; come back for the rest
-        after the reactor had its turn (and read the socket again)."""
+        after the reactor had its turn (and read the socket again). While a drain is
+        scheduled, reading only queues: one budget of misses per reactor turn."""
         self._drain_call = None
         pending = self.pending
         deadline = time.perf_counter() + MISS_BUDGET

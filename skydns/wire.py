@@ -10,6 +10,7 @@ is answered by the general path and dropped when a record they were computed fro
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import dns.exception
@@ -239,6 +240,13 @@ def variant_count(response: dns.message.Message, round_robin: bool) -> int:
     return min(max(sizes, default=1), MAX_VARIANTS)
 
 
+def _oldest(table: dict, size: int) -> list:
+    """The oldest eighth of a full table, evicted at once: finding a dict's first key skips
+    the slots of every entry deleted before it, so evicting one at a time costs more and
+    more as the table ages (a flood of unique names made that a fifth of the time)."""
+    return list(itertools.islice(table, max(1, size // 8)))
+
+
 class WireCache:
     """Prebuilt answers keyed by query bytes; the transports read ``table`` (UDP) and
     ``tcp_table`` directly.
@@ -250,10 +258,10 @@ class WireCache:
     transports (it is in both tables); one cut to fit a UDP limit (additional dropped or
     truncated with TC) only UDP, and a TCP rendering of a wide answer only TCP.
 
-    Bounded: at most ``max_entries`` per table, oldest out first, and negative answers
-    (NXDOMAIN, NODATA) at most a quarter of that, so a flood of unique names cycles
-    through its own share instead of evicting the answers for names that exist. An entry
-    leaves its dependency index with it.
+    Bounded: at most ``max_entries`` per table (the oldest eighth out when full), and
+    negative answers (NXDOMAIN, NODATA) at most a quarter of that, so a flood of unique
+    names cycles through its own share instead of evicting the answers for names that
+    exist. An entry leaves its dependency index with it.
     """
 
     def __init__(self, max_entries: int = 100000):
@@ -263,6 +271,8 @@ class WireCache:
         self.tcp_table = {}
         self.negative = {}  # keys of negative answers, oldest first (an ordered set)
         self.deps = {}      # key label tuple -> set of table keys computed from it
+        self.recent_misses = set()  # negative answers asked once (see seen_before)
+        self.templates = {}  # prebuilt parts of answers (the server's NXDOMAIN tails)
 
     def __len__(self):
         """Distinct answers (one serving both transports counts once)."""
@@ -293,14 +303,30 @@ class WireCache:
             tables = (self.tcp_table,) if tcp else (self.table,)
         for table in tables:
             if key not in table and len(table) >= self.max_entries:
-                self._evict(table, next(iter(table)))
+                for old in _oldest(table, self.max_entries):
+                    self._evict(table, old)
             table[key] = entry
         if negative:
             self.negative[key] = None
             if len(self.negative) > self.max_negative:
-                self._drop(next(iter(self.negative)))
+                for old in _oldest(self.negative, self.max_negative):
+                    self._drop(old)
         for labels in deps:
             self.deps.setdefault(labels, set()).add(key)
+
+    def seen_before(self, query: bytes) -> bool:
+        """Whether this query's negative answer was asked for recently; notes it if not.
+        Negative answers are stored on the second request, so that a flood of names asked
+        once each costs one set entry per name (cleared in bulk) instead of an entry."""
+        key = query[2:].lower()
+        recent = self.recent_misses
+        if key in recent:
+            recent.discard(key)
+            return True
+        if len(recent) >= self.max_negative:
+            recent.clear()
+        recent.add(key)
+        return False
 
     def _evict(self, table, key):
         entry = table.pop(key)
@@ -340,6 +366,8 @@ class WireCache:
         self.tcp_table.clear()
         self.negative.clear()
         self.deps.clear()
+        self.recent_misses.clear()
+        self.templates.clear()
 
     def answer(self, query: bytes, tcp: bool = False):
         """The cached reply to ``query`` or None (the same logic the UDP reader inlines)."""

