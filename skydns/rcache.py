@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import collections
+import re
 import struct
 import sys
 import time
@@ -141,13 +142,27 @@ def lifetime(wire: bytes, cap: int) -> int | None:
     return life if life > 0 else None
 
 
+_LETTERS = re.compile(rb"[A-Za-z]")
+
+
+def hot_key(key, qend: int) -> bytes | None:
+    """For a UDP entry, the query bytes after the ID all lower-cased (the UDP reader's
+    wire-cache key), which equal the key's bytes when nothing outside the name is an ASCII
+    letter; None for TCP entries and for queries where lower-casing would fold a type or
+    size byte (those are found by ``cache_key`` on the general path)."""
+    tcp, rest = key
+    if tcp or _LETTERS.search(rest, 0, 10) or _LETTERS.search(rest, qend - 6):
+        return None
+    return rest
+
+
 # -- the cache -----------------------------------------------------------------------------
 
 class Entry:
     """One cached reply; ``reply`` holds the TTLs as of ``age`` seconds after ``stored``."""
 
-    __slots__ = ("reply", "offsets", "qend", "stored", "age", "life", "expires", "hits",
-                 "prefetching", "limit", "deps", "cost")
+    __slots__ = ("key", "reply", "offsets", "qend", "stored", "age", "life", "expires",
+                 "hits", "prefetching", "limit", "deps", "cost")
 
     def reply_at(self, now: float) -> bytes:
         """The reply aged to ``now``; rewritten once per second, not once per hit."""
@@ -172,6 +187,9 @@ class ResponseCache:
         self.clock = clock
         self.entries = collections.OrderedDict()
         self.by_deps = {}  # labels -> keys of entries to drop when those labels change
+        # UDP entries by the bytes of the query after the ID, all lower-cased: the key the
+        # UDP reader has already computed for the wire cache (see ``hot_key``).
+        self.udp_index = {}
         self.bytes = 0     # approximate memory of all entries
         self.evicted = 0
 
@@ -211,6 +229,7 @@ class ResponseCache:
         except ValueError:
             return None
         entry = Entry()
+        entry.key = key
         entry.reply, entry.offsets, entry.qend = reply, offsets, qend
         entry.stored = self.clock()
         entry.age, entry.life, entry.expires = 0, life, entry.stored + life
@@ -220,6 +239,9 @@ class ResponseCache:
         self.remove(key)
         self.entries[key] = entry
         self.bytes += entry.cost
+        hot = hot_key(key, qend)
+        if hot is not None:
+            self.udp_index[hot] = entry
         if deps is not None:
             self.by_deps.setdefault(deps, set()).add(key)
         while len(self.entries) > self.size:
@@ -232,6 +254,9 @@ class ResponseCache:
         if entry is None:
             return
         self.bytes -= entry.cost
+        hot = hot_key(key, entry.qend)
+        if hot is not None:
+            self.udp_index.pop(hot, None)
         if entry.deps is not None:
             keys = self.by_deps.get(entry.deps)
             if keys is not None:
@@ -247,4 +272,5 @@ class ResponseCache:
     def clear(self):
         self.entries.clear()
         self.by_deps.clear()
+        self.udp_index.clear()
         self.bytes = 0

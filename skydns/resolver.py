@@ -344,6 +344,18 @@ class Resolver:
             self._prefetch(key, entry, cache)
         return personalize(entry.reply_at(now), data, entry.qend)
 
+    def serve_entry(self, entry, data: bytes) -> bytes | None:
+        """``cached_forward`` for an entry the UDP reader found in ``rcache.udp_index``."""
+        cache = self.rcache
+        now = cache.clock()
+        if now >= entry.expires:
+            return None
+        entry.hits += 1
+        cache.entries.move_to_end(entry.key)
+        if self._prefetch_due(entry, now):
+            self._prefetch(entry.key, entry, cache)
+        return personalize(entry.reply_at(now), data, entry.qend)
+
     def _prefetch_due(self, entry, now):
         hits = self.config.rcache_prefetch
         return (hits and entry.hits >= hits and not entry.prefetching
@@ -375,13 +387,36 @@ class Resolver:
             response.set_rcode(dns.rcode.SERVFAIL)
             self.metrics.error("norec")
             return Reply(response, system=system)
+        # A reply bigger than this client takes is cut for it with TC, so it is not cached.
+        limit = 65535 if tcp else wirefmt.udp_limit(request, self.config.max_udp_size)
+        deps = labels_of(qname) if system == "reverse" else None  # a PTR record may come
+        reply = yield self._relay(wire, tcp, limit, system, qname, lambda: request, deps)
+        return reply
+
+    def forward_fast(self, query, wire, tcp):
+        """``forward`` for a plain query (``wire.parse_query``) outside the domain, without
+        parsing it with dnspython unless something fails; None when the general path must
+        answer it (stub zones, reverse names, names with fewer labels than ``-ndots``,
+        ``-no-rec``)."""
+        config = self.config
+        if config.stubzones or config.no_rec or query.name.endswith(".arpa."):
+            return None
+        if self.authority.in_domain(query.name):
+            return None  # ours, even when the fast path leaves it to dnspython (DNSSEC)
+        if len(query.labels) < config.ndots or not query.labels:
+            return None
+        limit = 65535 if tcp else wirefmt.fast_udp_limit(query, config.max_udp_size)
+        return self._relay(wire, tcp, limit, "recursive", query.name,
+                           lambda: dns.message.from_wire(wire), None)
+
+    @defer.inlineCallbacks
+    def _relay(self, wire, tcp, limit, system, qname, request_of, deps):
+        """Forward ``wire`` (or answer it from the stale cache); ``request_of()`` gives the
+        parsed query for the error answers, which are built with dnspython."""
         cache = self.rcache
         key = cache_key(wire, tcp)
         if cache.size:
             self.metrics.cache_misses["response"] += 1
-        # A reply bigger than this client takes is cut for it with TC, so it is not cached.
-        limit = 65535 if tcp else wirefmt.udp_limit(request, self.config.max_udp_size)
-        deps = labels_of(qname) if system == "reverse" else None  # a PTR record may come
         if key is not None and self.forwarder.all_down():
             # RFC 8767 5: a stale answer now rather than after every server's timeout; the
             # refresh (shared by all who ask) goes on in the background.
@@ -390,15 +425,17 @@ class Resolver:
                 self._refresh(key, entry, cache)
                 return self._stale_reply(entry, wire)
         try:
-            reply = yield self._fetch(key, wire, tcp, request.id, cache, limit, deps)
+            reply = yield self._fetch(key, wire, tcp, wire[0] << 8 | wire[1], cache, limit,
+                                      deps)
         except Overloaded:
             self.metrics.error("overloaded")
-            return self.error(request, dns.rcode.SERVFAIL, "fail", system=system)
+            return self.error(request_of(), dns.rcode.SERVFAIL, "fail", system=system)
         except ForwardError as exc:
             stale = self._stale(cache, key, wire)
             self.failure_log.warn("forwarding %s failed: %s%s", qname, exc,
                                   "; serving a stale answer" if stale else "")
-            return stale or self.error(request, dns.rcode.SERVFAIL, "fail", system=system)
+            return stale or self.error(request_of(), dns.rcode.SERVFAIL, "fail",
+                                       system=system)
         if reply[3] & 0x0F == dns.rcode.SERVFAIL:  # the upstream could not resolve it
             stale = self._stale(cache, key, wire)
             if stale is not None:

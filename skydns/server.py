@@ -82,12 +82,16 @@ class QueryHandler:
             if encloser is not None:
                 return self._nxdomain(query, data, encloser, started)
             d = self.resolver.fast_query(query)
+            finish = self._finish_fast
+            if d is None:
+                d = self.resolver.forward_fast(query, data, tcp)
+                finish = self._finish_forward
             if d is not None:
                 if d.called:  # no upstream involved: answer now
                     result = []
                     d.addBoth(result.append)
-                    return self._finish_fast(result[0], query, data, tcp, started)
-                return d.addBoth(self._finish_fast, query, data, tcp, started)
+                    return finish(result[0], query, data, tcp, started)
+                return d.addBoth(finish, query, data, tcp, started)
         try:
             request = dns.message.from_wire(data)
         except Exception as exc:
@@ -134,6 +138,35 @@ class QueryHandler:
             log.info("%s %s %s -> %s %d bytes (%s, fast path)", "tcp" if tcp else "udp",
                      query.name, dns.rdatatype.to_text(query.qtype),
                      dns.rcode.to_text(out[3] & 0x0F), len(out), result.system)
+        return out
+
+    def _finish_forward(self, reply, query, data, tcp, started):
+        """A forwarded (or stale) reply for a query read by ``parse_query``: relayed as it
+        came, or cut to header and question with TC when it is over this client's UDP
+        limit (what ``wire.truncated`` does for the general path)."""
+        if reply is None:
+            return None
+        if isinstance(reply, Failure):
+            return self._fast_error(query, data, reply)
+        try:
+            if reply.wire is None:  # an error answer, built with dnspython
+                out = wirefmt.render(reply.message, 65535, tcp)
+            else:
+                out = reply.wire
+                cap = self.config.max_udp_size
+                if not tcp and len(out) > wirefmt.fast_udp_limit(query, cap):
+                    flags = (out[2] << 8 | out[3]) | 0x0200
+                    opt = encoder.opt_record(cap) if query.edns else None
+                    out = encoder.message(data[:2], flags, data[12:query.qend], (), (), (),
+                                          opt, 65535, query.name)
+                    self.metrics.error("truncated")
+        except Exception:
+            return self._fast_error(query, data)
+        self.metrics.observe(reply.system, time.perf_counter() - started, len(out))
+        if self.config.verbose:
+            log.info("%s %s %s -> %s %d bytes (%s)", "tcp" if tcp else "udp", query.name,
+                     dns.rdatatype.to_text(query.qtype), dns.rcode.to_text(out[3] & 0x0F),
+                     len(out), reply.system)
         return out
 
     def _nxdomain(self, query, data, encloser, started):
@@ -318,6 +351,9 @@ class UDPServer:
         recvfrom = self.sock.recvfrom
         sendto = self.sock.sendto
         table = self.cache.table
+        resolver = self.handler.resolver
+        rindex = resolver.rcache.udp_index
+        serve = resolver.serve_entry
         pending = self.pending
         served = 0
         started = time.perf_counter()
@@ -328,8 +364,26 @@ class UDPServer:
                 break
             except OSError:
                 continue  # e.g. an ICMP error queued on the socket
-            entry = table.get(data[2:].lower())
+            key = data[2:].lower()
+            entry = table.get(key)
             if entry is None:
+                forwarded = rindex.get(key)
+                if forwarded is not None:  # in the response cache (forwarded answers)
+                    try:
+                        out = serve(forwarded, data)
+                    except Exception:  # never lose the query to a bug here
+                        out = None
+                else:
+                    out = None
+                if out is not None:
+                    slot = self.metrics.slot("cache", len(out))
+                    slot[0] += 1
+                    slot[1] += len(out)
+                    try:
+                        sendto(out, addr)
+                    except OSError:
+                        pass
+                    continue
                 if len(pending) >= MAX_PENDING:
                     pending.popleft()
                     self.metrics.error("dropped")
