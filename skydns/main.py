@@ -47,6 +47,8 @@ class App:
                      config.domain, self.signer.key_tag, self.signer.ds().to_text())
         self.resolver = Resolver(config, self.store, self.authority, self.forwarder,
                                  self.metrics, self.signer)
+        # Targets outside the domain are looked up through the response cache.
+        self.authority.upstream = self.resolver.lookup_target
         self.handler = QueryHandler(self.resolver, self.cache, self.metrics, config)
         self.sync = EtcdSync(reactor, self.store, config)
         self.health = Health(reactor, self.store, self.sync, config)

@@ -39,7 +39,7 @@ STUB_OPTION = 65011
 REVERSE_ZONES = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
 AUTHORS = "SkyDNS by Miek Gieben and Brian Ketelsen; Python rewrite by the skydns-kube team"
 # Forwarding events counted in skydns_forward_events_total{event}.
-FORWARD_EVENTS = ("coalesced", "prefetch", "stale")
+FORWARD_EVENTS = ("coalesced", "prefetch", "stale", "tcp-retry")
 PREFETCH_FRACTION = 0.1  # refresh a popular entry in the last tenth of its life...
 PREFETCH_MIN_WINDOW = 1.0  # ...or its last second, for short TTLs (they count whole seconds)
 
@@ -440,7 +440,54 @@ class Resolver:
             stale = self._stale(cache, key, wire)
             if stale is not None:
                 return stale
+        if not tcp and reply[2] & 0x02 and limit > 512:
+            reply = yield self._over_tcp(wire, reply, cache, key, limit, deps)
         return Reply(wire=relayed(reply, wire), system=system)
+
+    @defer.inlineCallbacks
+    def lookup_target(self, name, rdtype):
+        """Answer records (owner, type, ttl, rdata) for a name outside the domain: the CNAME,
+        SRV and MX targets the query semantics chase. Through the response cache, so an
+        answer naming external hosts (a wide one included, which is not kept in the wire
+        cache then) asks upstream once per TTL rather than once per query, and identical
+        lookups in flight share one upstream query. Over TCP when the UDP reply is cut."""
+        if self.config.no_rec:
+            raise ForwardError("recursion disabled (-no-rec)")
+        query = dns.message.make_query(name, rdtype)
+        wire = query.to_wire()
+        reply = None
+        for tcp in (False, True):
+            reply = self.cached_forward(wire, tcp)
+            if reply is None:
+                reply = yield self._fetch(cache_key(wire, tcp), wire, tcp, query.id,
+                                          self.rcache, 65535 if tcp else 512, None)
+            if not reply[2] & 0x02:
+                break
+        message = dns.message.from_wire(reply)
+        if message.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            # NXDOMAIN is an answer (no records): SkyDNS then kept the bare CNAME.
+            raise ForwardError(f"upstream answered {dns.rcode.to_text(message.rcode())}")
+        return [(rrset.name, rrset.rdtype, rrset.ttl, rdata)
+                for rrset in message.answer for rdata in rrset]
+
+    @defer.inlineCallbacks
+    def _over_tcp(self, wire, truncated, cache, key, limit, deps):
+        """A truncated UDP reply from upstream, asked again over TCP: an upstream that cuts
+        at 512 bytes (no EDNS) may have left out what this client's buffer can take. The
+        whole reply is cached for TCP clients, and for this UDP query when it fits; the
+        truncated one stays the answer when it does not (the client retries over TCP)."""
+        self.events["tcp-retry"] += 1
+        tcp_key = cache_key(wire, True)
+        try:
+            whole = yield self._fetch(tcp_key, wire, True, wire[0] << 8 | wire[1], cache,
+                                      65535, deps)
+        except ForwardError:
+            return truncated
+        if len(whole) > limit or whole[2] & 0x02:
+            return truncated
+        if key is not None:
+            cache.store(key, whole, limit, deps)
+        return whole
 
     def _fetch(self, key, wire, tcp, rotate_key, cache, limit, deps):
         """A Deferred upstream reply (RA set) to ``wire``. Identical queries in flight (same

@@ -588,3 +588,313 @@ def test_failed_upstream_skipped_until_it_answers_again(etcd):
     finally:
         first.close()
         second.close()
+
+
+# -- UDP socket pools: IDs multiplexed over long-lived sockets ----------------------------
+
+def numbered(query):
+    """An A answer telling names apart: ``nN.<anything>`` gets 10.0.N/256.N%256."""
+    name = query.question[0].name
+    n = int(name.labels[0].decode()[1:])
+    return answer_with(query, f"10.0.{n // 256}.{n % 256}")
+
+
+def test_many_concurrent_queries_each_get_their_own_answer(etcd):
+    """200 distinct names at once over UDP share a few upstream sockets: every answer
+    must be its own name's (the IDs of the multiplexed queries never mixed up)."""
+    numbers = Scripted(numbered)
+    try:
+        with running(etcd, "-rcache=0", "-rtimeout=2s", upstream=numbers.address) as s:
+            names = [f"n{i}.pool.example.com." for i in range(200)]
+            replies = concurrently(s, names, timeout=10.0)
+            for i, (name, (_, reply)) in enumerate(zip(names, replies)):
+                assert reply.rcode() == dns.rcode.NOERROR, (name, reply)
+                assert reply.question[0].name.to_text() == name
+                assert addresses(reply) == [f"10.0.{i // 256}.{i % 256}"], name
+            assert numbers.total() == 200
+    finally:
+        numbers.close()
+
+
+def other_question(query):
+    """A reply with the query's ID and flags but for another name (a spoofing attempt or a
+    confused server)."""
+    other = dns.message.make_query("elsewhere.example.net.", query.question[0].rdtype)
+    other.id = query.id
+    other.flags = query.flags
+    response = dns.message.make_response(other)
+    response.answer.append(dns.rrset.from_text("elsewhere.example.net.", 300, "IN", "A",
+                                               "203.0.113.66"))
+    return response
+
+
+def shouted(query):
+    """The right question, the name spelled in capitals (as a 0x20-style server might)."""
+    response = answer_with(query, "198.51.100.20")
+    response.question[0] = dns.rrset.RRset(
+        dns.name.from_text(query.question[0].name.to_text().upper()),
+        query.question[0].rdclass, query.question[0].rdtype)
+    return response
+
+
+def test_reply_with_another_question_is_not_accepted(etcd):
+    liar, honest, loud = Scripted(other_question), Scripted(), Scripted(shouted)
+    try:
+        with running(etcd, "-ns-rotate=false", "-rtimeout=500ms", "-rcache=0",
+                     upstream=f"{liar.address},{honest.address}") as s:
+            started = time.monotonic()
+            reply = ask(s, "q1.liar.example.com.")
+            assert addresses(reply) == ["192.0.2.1"]  # the next server's answer
+            assert time.monotonic() - started >= 0.45  # after the liar's timeout
+            assert liar.count("q1.liar.example.com.") == 1
+            assert honest.count("q1.liar.example.com.") == 1
+        with running(etcd, "-rtimeout=500ms", "-rcache=0", upstream=liar.address) as s:
+            started = time.monotonic()
+            assert ask(s, "q2.liar.example.com.").rcode() == dns.rcode.SERVFAIL
+            assert time.monotonic() - started >= 0.45
+        with running(etcd, "-rtimeout=500ms", "-rcache=0", upstream=loud.address) as s:
+            started = time.monotonic()  # names compare case-insensitively
+            reply = ask(s, "q3.loud.example.com.")
+            assert addresses(reply) == ["198.51.100.20"]
+            assert time.monotonic() - started < 0.4
+    finally:
+        for server in (liar, honest, loud):
+            server.close()
+
+
+class PortRecorder:
+    """A one-thread UDP stand-in answering ``numbered`` at once and recording the source
+    port of every query it gets."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.ports = collections.Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop.is_set():
+            ready, _, _ = select.select([self.sock], [], [], 0.1)
+            if not ready:
+                continue
+            data, address = self.sock.recvfrom(65535)
+            self.ports[address[1]] += 1
+            self.sock.sendto(numbered(dns.message.from_wire(data)).to_wire(), address)
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def sockets_connected_to(port):
+    """UDP sockets (in this network namespace) connected to 127.0.0.1:port."""
+    remote = f"0100007F:{port:04X}"
+    with open("/proc/net/udp") as fh:
+        return sum(1 for line in fh.readlines()[1:] if line.split()[2] == remote)
+
+
+def test_source_ports_vary_and_a_pool_stays_within_its_size(etcd):
+    from skydns.forward import POOL_SIZE
+    recorder = PortRecorder()
+    most = [0]
+    sampling = threading.Event()
+
+    def sample():
+        deadline = time.monotonic() + 120
+        while not sampling.is_set() and time.monotonic() < deadline:
+            most[0] = max(most[0], sockets_connected_to(recorder.port))
+            time.sleep(0.01)
+    sampler = threading.Thread(target=sample, daemon=True)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with running(etcd, "-rcache=0", "-rtimeout=2s", upstream=recorder.address) as s:
+            sampler.start()
+            answered = 0
+            deadline = time.monotonic() + 60
+            for batch in range(25):  # 2,500 distinct names, 100 in flight at a time
+                want = {}
+                for i in range(100):
+                    n = batch * 100 + i
+                    query = dns.message.make_query(f"n{n}.ports.example.com.", "A")
+                    query.id = n
+                    want[n] = f"10.0.{n // 256}.{n % 256}"
+                    client.sendto(query.to_wire(), ("127.0.0.1", s.port))
+                while want and time.monotonic() < deadline:
+                    ready, _, _ = select.select([client], [], [], 0.5)
+                    if ready:
+                        reply = dns.message.from_wire(client.recv(65535))
+                        assert addresses(reply) == [want.pop(reply.id)]
+                        answered += 1
+                assert not want, f"{len(want)} of batch {batch} unanswered"
+            assert answered == 2500
+            assert sum(recorder.ports.values()) == 2500
+            assert len(recorder.ports) >= 2, recorder.ports  # not one fixed source port
+            assert s.port not in recorder.ports
+    finally:
+        sampling.set()
+        if sampler.is_alive():
+            sampler.join(timeout=5)
+        client.close()
+        recorder.close()
+    assert 1 <= most[0] <= POOL_SIZE, most[0]
+
+
+# -- the pools against a fake reactor: deterministic bounds, replacement, refusal ---------
+
+class FakePort:
+    def __init__(self, reactor, proto):
+        self.reactor = reactor
+        self.protocol = proto
+        self.sent = []
+        self.connected_to = None
+        self.open = True
+
+    def connect(self, host, port):
+        self.connected_to = (host, port)
+
+    def write(self, data, addr=None):
+        self.sent.append(data)
+        self.reactor.sent.append((self, data))
+
+    def stopListening(self):
+        if self.open:
+            self.open = False
+            self.reactor.open_ports -= 1
+            self.protocol.doStop()
+
+
+class FakeReactor:
+    """twisted's task.Clock for timers plus listenUDP handing out FakePorts."""
+
+    def __init__(self):
+        from twisted.internet import task
+        self.clock = task.Clock()
+        self.callLater = self.clock.callLater
+        self.seconds = self.clock.seconds
+        self.ports = []
+        self.sent = []   # (port, datagram) in the order sent
+        self.open_ports = 0
+        self.most_open = 0
+
+    def listenUDP(self, port, proto, interface="", maxPacketSize=8192):
+        fake = FakePort(self, proto)
+        self.ports.append(fake)
+        self.open_ports += 1
+        self.most_open = max(self.most_open, self.open_ports)
+        proto.makeConnection(fake)
+        return fake
+
+
+def pool_forwarder(*servers, rtimeout=2.0):
+    from skydns.config import Config
+    from skydns.forward import Forwarder
+    reactor = FakeReactor()
+    config = Config(nameservers=list(servers), rtimeout=rtimeout, ns_rotate=False,
+                    max_concurrent=0)
+    return reactor, Forwarder(reactor, config, clock=reactor.seconds)
+
+
+def answer_datagram(port, data, name=None):
+    """The stand-in's reply to ``data`` (optionally for another name) into ``port``."""
+    query = dns.message.from_wire(data)
+    response = numbered(query) if name is None else other_question(query)
+    port.protocol.datagramReceived(response.to_wire(), port.connected_to)
+
+
+def collect(d, into, key):
+    d.addCallbacks(lambda wire: into.__setitem__(key, dns.message.from_wire(wire)),
+                   lambda f: into.__setitem__(key, f.value))
+
+
+def test_pool_multiplexes_ids_bounds_sockets_and_replaces_them():
+    from skydns.forward import POOL_SIZE, SOCKET_QUERIES
+    reactor, forwarder = pool_forwarder("127.0.0.1:5300")
+    results = {}
+    total = 3 * POOL_SIZE * SOCKET_QUERIES // 2
+    for start in range(0, total, 500):  # 500 in flight, answered in a shuffled order
+        reactor.sent.clear()
+        for n in range(start, start + 500):
+            query = dns.message.make_query(f"n{n}.fake.example.com.", "A")
+            query.id = n % 65536
+            collect(forwarder.forward(query.to_wire(), tcp=False), results, n)
+        assert forwarder.outstanding == 500
+        ids = [(port, data[:2]) for port, data in reactor.sent]
+        assert len(set(ids)) == len(ids)  # no ID outstanding twice on one socket
+        assert all(port.connected_to == ("127.0.0.1", 5300) for port, _ in reactor.sent)
+        for port, data in reversed(reactor.sent):
+            answer_datagram(port, data)
+        assert forwarder.outstanding == 0
+    for n in range(total):
+        assert results[n].id == n % 65536
+        assert addresses(results[n]) == [f"10.0.{n // 256}.{n % 256}"]
+    assert reactor.most_open <= POOL_SIZE
+    assert len(reactor.ports) > POOL_SIZE  # sockets are replaced after SOCKET_QUERIES
+    assert all(len(port.sent) <= SOCKET_QUERIES for port in reactor.ports)
+    pool = forwarder.pools[("127.0.0.1", 5300)]
+    assert pool.open_count() == reactor.open_ports <= POOL_SIZE
+
+
+def test_pool_ignores_replies_that_are_not_answers_and_times_out():
+    reactor, forwarder = pool_forwarder("127.0.0.1:5300", rtimeout=1.0)
+    results = {}
+    query = dns.message.make_query("n7.fake.example.com.", "A")
+    collect(forwarder.forward(query.to_wire(), tcp=False), results, "q")
+    port, data = reactor.sent[-1]
+    answer_datagram(port, data, name="other")  # another question: ignored
+    wrong_id = bytearray(numbered(dns.message.from_wire(data)).to_wire())
+    wrong_id[0] ^= 0xFF
+    port.protocol.datagramReceived(bytes(wrong_id), port.connected_to)  # an ID not sent
+    no_qr = bytearray(data)  # the query itself echoed back: QR clear
+    port.protocol.datagramReceived(bytes(no_qr), port.connected_to)
+    assert results == {}
+    reactor.clock.advance(1.0)
+    assert "timed out" in str(results["q"])
+    answer_datagram(port, data)  # too late: nobody waits for it any more
+    assert "timed out" in str(results["q"]) and forwarder.outstanding == 0
+
+
+def test_refusal_fails_everything_on_the_socket_at_once_and_replaces_it():
+    from skydns.forward import ForwardError
+    reactor, forwarder = pool_forwarder("127.0.0.1:5300", "127.0.0.1:5301")
+    results = {}
+    for n in range(40):
+        query = dns.message.make_query(f"n{n}.fake.example.com.", "A")
+        collect(forwarder.forward(query.to_wire(), tcp=False), results, n)
+    first = [port for port in reactor.ports if port.connected_to[1] == 5300]
+    victim = first[0]
+    on_victim = [dns.message.from_wire(d).question[0].name for p, d in reactor.sent
+                 if p is victim]
+    assert on_victim
+    victim.protocol.connectionRefused()  # ICMP port unreachable
+    assert not victim.open
+    moved = [(p, d) for p, d in reactor.sent if p.connected_to[1] == 5301]
+    assert len(moved) == len(on_victim)  # each went on to the next server at once
+    for port, data in moved:
+        answer_datagram(port, data)
+    for n in range(40):
+        if dns.name.from_text(f"n{n}.fake.example.com.") in on_victim:
+            assert addresses(results[n]) == [f"10.0.0.{n}"]
+        else:
+            assert n not in results
+    assert not isinstance(results.get(0), ForwardError)
+    # the epoll way: the port closed under the socket
+    other = next(p for p in first[1:] if p.open)
+    on_other = sum(1 for p, _ in reactor.sent if p is other)
+    before = len(reactor.sent)
+    other.stopListening()
+    assert len(reactor.sent) - before == on_other
+    sockets_before = len(reactor.ports)
+    query = dns.message.make_query("n99.fake.example.com.", "A")
+    collect(forwarder.forward(query.to_wire(), tcp=False), results, 99)
+    # the refused sockets are out of the pool: a new one may be opened in their place
+    pool = forwarder.pools[("127.0.0.1", 5300)]
+    assert victim.protocol not in pool.active and other.protocol not in pool.active
+    assert len(reactor.ports) >= sockets_before
