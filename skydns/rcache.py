@@ -122,14 +122,15 @@ def decrement_ttls(wire: bytes, age: int) -> bytes:
     return rewrite_ttls(wire, ttl_offsets(wire), lambda ttl: max(0, ttl - age))
 
 
-def lifetime(wire: bytes, cap: int) -> int | None:
+def lifetime(wire: bytes, cap: int, rrs=None) -> int | None:
     """Seconds a reply may be cached, or None: NOERROR with an answer lives for its
     smallest TTL; NXDOMAIN and NODATA (RFC 2308) for the smallest of the TTLs and the SOA's
     minimum, and not at all without a SOA (RFC 2308 5); at most ``cap``. Truncated replies
     and every other rcode (SERVFAIL, REFUSED...) are not cached."""
     if len(wire) < 12 or wire[2] & TC or wire[3] & 0x0F not in (NOERROR, NXDOMAIN):
         return None
-    rrs = resource_records(wire)
+    if rrs is None:
+        rrs = resource_records(wire)
     ttls = [struct.unpack_from("!I", wire, off)[0] for _, rtype, off, _ in rrs
             if rtype != OPT]
     negative = wire[3] & 0x0F == NXDOMAIN or not any(s == 1 for s, *_ in rrs)
@@ -217,15 +218,16 @@ class ResponseCache:
     def store(self, key, reply: bytes, limit: int, deps=None) -> Entry | None:
         """Cache an upstream reply to the query ``key`` if it may be (see ``lifetime``) and
         answers that very question; ``deps`` are labels whose change must drop it."""
-        if not self.size:
+        if not self.size or len(reply) < 12 or reply[3] & 0x0F not in (NOERROR, NXDOMAIN):
             return None
         try:
-            life = lifetime(reply, self.max_ttl)
+            rrs = resource_records(reply)  # parsed once for the lifetime and the TTLs
+            life = lifetime(reply, self.max_ttl, rrs)
             query = b"\x00\x00" + key[1]
             qend = question_end(query)
             if life is None or qend < 0 or not same_question(reply, query, qend):
                 return None
-            offsets = ttl_offsets(reply)
+            offsets = array.array("H", [off for _, rtype, off, _ in rrs if rtype != OPT])
         except ValueError:
             return None
         entry = Entry()

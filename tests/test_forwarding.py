@@ -41,7 +41,9 @@ SLOW = 0.5  # seconds the stand-in waits before answering a name starting with "
 def zone_answer(query):
     """The stand-in's answer, chosen by the first label: ``ttlN`` (A with TTL N), ``nx``
     (NXDOMAIN, SOA TTL 300 and minimum 1), ``nodata`` (NOERROR, nothing, no SOA), ``fail``
-    (SERVFAIL), ``big`` (60 A records), a PTR question (PTR ext.example.com.), else A."""
+    (SERVFAIL), ``big`` (60 A records), ``medium`` (30), a PTR question (PTR
+    ext.example.com.), else A. A name with a ``noedns`` label is cut at 512 bytes over UDP
+    whatever the query's EDNS size, as a server without EDNS does."""
     q = query.question[0]
     label = q.name.labels[0].decode().lower() if len(q.name) > 1 else ""
     response = dns.message.make_response(query)
@@ -56,6 +58,9 @@ def zone_answer(query):
     elif label.startswith("big"):
         response.answer.append(dns.rrset.from_text_list(
             q.name, 300, "IN", "A", [f"192.0.2.{i}" for i in range(1, 61)]))
+    elif label.startswith("medium"):  # over 512 bytes, well under 1232
+        response.answer.append(dns.rrset.from_text_list(
+            q.name, 300, "IN", "A", [f"192.0.2.{i}" for i in range(1, 31)]))
     elif q.rdtype == dns.rdatatype.PTR:
         response.answer.append(dns.rrset.from_text(q.name, 300, "IN", "PTR",
                                                    "ext.example.com."))
@@ -113,6 +118,8 @@ class Scripted:
             time.sleep(SLOW)
         limit = 65535 if transport == "tcp" else max(512, query.payload if query.edns >= 0
                                                      else 512)
+        if transport == "udp" and ".noedns." in name:
+            limit = 512
         return self.respond(query).to_wire(max_size=limit, prefer_truncation=True)
 
     def count(self, name, rdtype="A", transport=None):
@@ -454,6 +461,39 @@ def test_truncated_reply_relayed_not_cached_and_tcp_cached(sky, upstream):
         reply = ask(sky, "big.tc.example.com.", tcp=True)
         assert len(addresses(reply)) == 60 and not reply.flags & dns.flags.TC
     assert upstream.count("big.tc.example.com.", transport="tcp") == 1
+
+
+def test_truncated_udp_reply_asked_again_over_tcp_when_the_client_takes_more(sky, upstream):
+    name = "medium.noedns.example.com."
+    for _ in range(2):  # the second from the cache
+        reply = ask(sky, name, use_edns=0, payload=1232)
+        assert not reply.flags & dns.flags.TC and len(addresses(reply)) == 30
+    assert upstream.count(name, transport="udp") == 1
+    assert upstream.count(name, transport="tcp") == 1
+    reply = ask(sky, name)  # a 512-byte client: the truncated reply, it retries itself
+    assert reply.flags & dns.flags.TC and not reply.answer
+    assert upstream.count(name, transport="tcp") == 1
+    assert scrape(sky, "skydns_forward_events_total", {"event": "tcp-retry"}) >= 1
+
+
+def test_external_targets_looked_up_through_the_response_cache(etcd, upstream):
+    """A wide answer that names hosts outside the domain is not kept in the wire cache,
+    but its upstream lookups are: one per target and TTL, not one per query."""
+    client = etcd.client()
+    try:
+        for i in range(5):
+            client.put(f"/tgt/local/skydns/ext/e{i}",
+                       json.dumps({"host": f"ttl300.target{i}.example.net", "port": 80}))
+        with running(etcd, "-path-prefix=tgt", upstream=upstream.address) as sky:
+            for _ in range(5):
+                reply = ask(sky, "ext.skydns.local.", "SRV", use_edns=0, payload=4096)
+                assert len(reply.answer[0]) == 5 and len(reply.additional) == 5
+            for i in range(5):
+                assert upstream.count(f"ttl300.target{i}.example.net.", "A") == 1
+                assert upstream.count(f"ttl300.target{i}.example.net.", "AAAA") == 1
+    finally:
+        client.delete_prefix("/tgt/")
+        client.close()
 
 
 def test_identical_queries_in_flight_share_one_upstream_query(sky, upstream):
