@@ -235,8 +235,10 @@ class _UDPPool:
             self._retire(sock)
             if len(active) + len(self.retiring) < self.size:
                 return self._open()
-            if active:
-                return random.choice(active)
+            if active:  # the pool is full: a socket that is not due for replacement
+                now = self.clock()
+                fresh = [s for s in active if not s.expired(now)]
+                return random.choice(fresh or active)
         return sock
 
     def _open(self):
