@@ -163,7 +163,7 @@ class Entry:
     """One cached reply; ``reply`` holds the TTLs as of ``age`` seconds after ``stored``."""
 
     __slots__ = ("key", "reply", "offsets", "qend", "stored", "age", "life", "expires",
-                 "hits", "prefetching", "limit", "deps", "cost")
+                 "hits", "prefetching", "limit", "deps", "cost", "slot")
 
     def reply_at(self, now: float) -> bytes:
         """The reply aged to ``now``; rewritten once per second, not once per hit."""
@@ -236,6 +236,7 @@ class ResponseCache:
         entry.stored = self.clock()
         entry.age, entry.life, entry.expires = 0, life, entry.stored + life
         entry.hits, entry.prefetching, entry.limit, entry.deps = 0, False, limit, deps
+        entry.slot = None  # the metrics counters the UDP reader adds this entry's hits to
         entry.cost = (sys.getsizeof(key) + sys.getsizeof(key[1]) + sys.getsizeof(reply)
                       + sys.getsizeof(offsets) + sys.getsizeof(entry) + ENTRY_OVERHEAD)
         self.remove(key)

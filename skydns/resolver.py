@@ -348,13 +348,18 @@ class Resolver:
         """``cached_forward`` for an entry the UDP reader found in ``rcache.udp_index``."""
         cache = self.rcache
         now = cache.clock()
-        if now >= entry.expires:
+        expires = entry.expires
+        if now >= expires:
             return None
         entry.hits += 1
         cache.entries.move_to_end(entry.key)
-        if self._prefetch_due(entry, now):
-            self._prefetch(entry.key, entry, cache)
-        return personalize(entry.reply_at(now), data, entry.qend)
+        left = expires - now
+        if left <= PREFETCH_MIN_WINDOW or left <= entry.life * PREFETCH_FRACTION:
+            if self._prefetch_due(entry, now):  # near the end only: checked in full there
+                self._prefetch(entry.key, entry, cache)
+        reply = entry.reply_at(now) if now - entry.stored >= entry.age + 1 else entry.reply
+        qend = entry.qend
+        return data[:2] + reply[2:12] + data[12:qend] + reply[qend:]
 
     def _prefetch_due(self, entry, now):
         hits = self.config.rcache_prefetch

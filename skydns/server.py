@@ -376,7 +376,9 @@ class UDPServer:
                 else:
                     out = None
                 if out is not None:
-                    slot = self.metrics.slot("cache", len(out))
+                    slot = forwarded.slot
+                    if slot is None:  # its replies all have one size
+                        slot = forwarded.slot = self.metrics.slot("cache", len(out))
                     slot[0] += 1
                     slot[1] += len(out)
                     try:
