@@ -296,6 +296,9 @@ class WireCache:
                 variants.append(wire[qend:])
         key = query[2:].lower()
         deps = tuple(deps)
+        old = self.table.get(key) or self.tcp_table.get(key)
+        if old is not None and old[6] == deps:
+            deps = old[6]  # the labels the index holds already, not a second copy
         entry = [header, qend, tuple(variants), len(variants), 0, slot, deps]
         if shared:
             tables = (self.table, self.tcp_table)
