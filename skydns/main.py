@@ -18,6 +18,7 @@ from .forward import Forwarder
 from .metrics import Metrics
 from .ops import Health, listen
 from .resolver import Resolver
+from .relay import UDPRelay
 from .server import DNSTCPFactory, QueryHandler, UDPServer, bind_udp
 from .store import RecordStore
 from .wire import WireCache
@@ -76,6 +77,8 @@ class App:
         host, port = self.config.listen
         sock = bind_udp(host, port, reuse_port)
         self.udp = UDPServer(self.reactor, sock, self.handler, self.cache, self.metrics)
+        self.handler.relay = UDPRelay(self.reactor, self.resolver, self.forwarder,
+                                      self.metrics, sock.sendto)
         self.udp.start()
         if tcp:
             self.tcp = self.reactor.listenTCP(sock.getsockname()[1],
@@ -91,6 +94,8 @@ class App:
 
     def stop(self):
         self.sync.stop()
+        if self.handler.relay is not None:
+            self.handler.relay.stop()
         if self.udp:
             self.udp.stop()
 

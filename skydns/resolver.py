@@ -403,16 +403,24 @@ class Resolver:
         parsing it with dnspython unless something fails; None when the general path must
         answer it (stub zones, reverse names, names with fewer labels than ``-ndots``,
         ``-no-rec``)."""
+        if not self.forwardable(query):
+            return None
         config = self.config
-        if config.stubzones or config.no_rec or query.name.endswith(".arpa."):
-            return None
-        if self.authority.in_domain(query.name):
-            return None  # ours, even when the fast path leaves it to dnspython (DNSSEC)
-        if len(query.labels) < config.ndots or not query.labels:
-            return None
         limit = 65535 if tcp else wirefmt.fast_udp_limit(query, config.max_udp_size)
         return self._relay(wire, tcp, limit, "recursive", query.name,
                            lambda: dns.message.from_wire(wire), None)
+
+    def forwardable(self, query) -> bool:
+        """A plain query that is simply forwarded: outside the domain (a name of ours stays
+        ours even when the fast path leaves it to dnspython, e.g. for DNSSEC), no stub
+        zones, no reverse name (the store may have its PTR), at least ``-ndots`` labels,
+        recursion allowed."""
+        config = self.config
+        if config.stubzones or config.no_rec or query.name.endswith(".arpa."):
+            return False
+        if self.authority.in_domain(query.name):
+            return False
+        return bool(query.labels) and len(query.labels) >= config.ndots
 
     @defer.inlineCallbacks
     def _relay(self, wire, tcp, limit, system, qname, request_of, deps):

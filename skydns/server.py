@@ -66,8 +66,11 @@ class QueryHandler:
         self.config = config
         self.failure_log = RateLimitedLog(log, interval=60.0)
 
-    def handle(self, data: bytes, tcp: bool):
-        """Reply bytes, a Deferred firing with them (or None), or None to send nothing."""
+    relay = None  # a UDPRelay, set by the UDP reader's owner (see skydns.relay)
+
+    def handle(self, data: bytes, tcp: bool, addr=None):
+        """Reply bytes, a Deferred firing with them (or None), or None to send nothing
+        (also when the relay took a UDP query from ``addr``: it answers it itself)."""
         started = time.perf_counter()
         if len(data) < 12 or data[2] & 0x80:
             self.metrics.error("malformed")
@@ -83,6 +86,11 @@ class QueryHandler:
                 return self._nxdomain(query, data, encloser, started)
             d = self.resolver.fast_query(query)
             finish = self._finish_fast
+            if d is None and addr is not None and self.relay is not None \
+                    and self.resolver.forwardable(query):
+                limit = wirefmt.fast_udp_limit(query, self.config.max_udp_size)
+                if self.relay.relay(query, data, addr, limit, started):
+                    return None
             if d is None:
                 d = self.resolver.forward_fast(query, data, tcp)
                 finish = self._finish_forward
@@ -427,7 +435,7 @@ class UDPServer:
 
     def _slow(self, data, addr):
         try:
-            out = self.handler.handle(data, tcp=False)
+            out = self.handler.handle(data, tcp=False, addr=addr)
         except Exception:
             log.exception("unexpected error handling a UDP query from %s", addr)
             return
