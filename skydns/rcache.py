@@ -28,6 +28,12 @@ TC = 0x02
 STALE_TTL = 30  # RFC 8767 4: the TTL of a stale answer
 ENTRY_OVERHEAD = 150  # bytes of an OrderedDict slot and its link (tracemalloc: ~600 per entry)
 
+def _fixed_size() -> int:
+    """The part of an entry's size that does not depend on its key and reply lengths."""
+    key, entry = (False, b""), Entry()
+    return (sys.getsizeof(key) + sys.getsizeof(b"") + sys.getsizeof(b"")
+            + sys.getsizeof(array.array("H")) + sys.getsizeof(entry) + ENTRY_OVERHEAD)
+
 
 # -- pure functions on wire bytes -----------------------------------------------------------
 
@@ -163,7 +169,7 @@ class Entry:
     """One cached reply; ``reply`` holds the TTLs as of ``age`` seconds after ``stored``."""
 
     __slots__ = ("key", "reply", "offsets", "qend", "stored", "age", "life", "expires",
-                 "hits", "prefetching", "limit", "deps", "cost", "slot")
+                 "hits", "prefetching", "limit", "deps", "cost", "slot", "hot")
 
     def reply_at(self, now: float) -> bytes:
         """The reply aged to ``now``; rewritten once per second, not once per hit."""
@@ -176,6 +182,9 @@ class Entry:
 
     def stale_reply(self) -> bytes:
         return rewrite_ttls(self.reply, self.offsets, lambda t: STALE_TTL)
+
+
+KEY_FIXED = _fixed_size()
 
 
 class ResponseCache:
@@ -215,17 +224,21 @@ class ResponseCache:
             return None
         return entry
 
-    def store(self, key, reply: bytes, limit: int, deps=None) -> Entry | None:
+    def store(self, key, reply: bytes, limit: int, deps=None, qend=None) -> Entry | None:
         """Cache an upstream reply to the query ``key`` if it may be (see ``lifetime``) and
-        answers that very question; ``deps`` are labels whose change must drop it."""
+        answers that very question; ``deps`` are labels whose change must drop it. A caller
+        that compared the reply's question already passes where the question ends."""
         if not self.size or len(reply) < 12 or reply[3] & 0x0F not in (NOERROR, NXDOMAIN):
             return None
         try:
             rrs = resource_records(reply)  # parsed once for the lifetime and the TTLs
             life = lifetime(reply, self.max_ttl, rrs)
-            query = b"\x00\x00" + key[1]
-            qend = question_end(query)
-            if life is None or qend < 0 or not same_question(reply, query, qend):
+            if qend is None:
+                query = b"\x00\x00" + key[1]
+                qend = question_end(query)
+                if qend < 0 or not same_question(reply, query, qend):
+                    return None
+            if life is None:
                 return None
             offsets = array.array("H", [off for _, rtype, off, _ in rrs if rtype != OPT])
         except ValueError:
@@ -237,14 +250,15 @@ class ResponseCache:
         entry.age, entry.life, entry.expires = 0, life, entry.stored + life
         entry.hits, entry.prefetching, entry.limit, entry.deps = 0, False, limit, deps
         entry.slot = None  # the metrics counters the UDP reader adds this entry's hits to
-        entry.cost = (sys.getsizeof(key) + sys.getsizeof(key[1]) + sys.getsizeof(reply)
-                      + sys.getsizeof(offsets) + sys.getsizeof(entry) + ENTRY_OVERHEAD)
+        # sys.getsizeof of the key tuple, its bytes, the reply, the offsets and the entry,
+        # without the five calls (their fixed parts, measured once, are KEY_FIXED).
+        entry.cost = len(key[1]) + len(reply) + 2 * len(offsets) + KEY_FIXED
         self.remove(key)
         self.entries[key] = entry
         self.bytes += entry.cost
-        hot = hot_key(key, qend)
-        if hot is not None:
-            self.udp_index[hot] = entry
+        entry.hot = hot_key(key, qend)
+        if entry.hot is not None:
+            self.udp_index[entry.hot] = entry
         if deps is not None:
             self.by_deps.setdefault(deps, set()).add(key)
         while len(self.entries) > self.size:
@@ -257,9 +271,8 @@ class ResponseCache:
         if entry is None:
             return
         self.bytes -= entry.cost
-        hot = hot_key(key, entry.qend)
-        if hot is not None:
-            self.udp_index.pop(hot, None)
+        if entry.hot is not None:
+            self.udp_index.pop(entry.hot, None)
         if entry.deps is not None:
             keys = self.by_deps.get(entry.deps)
             if keys is not None:

@@ -251,7 +251,7 @@ class UDPRelay:
                 self._answer_all(stale.wire, pending)
                 return
         if len(reply) <= pending.limit:
-            self.resolver.rcache.store(pending.key, reply, pending.limit)
+            self.resolver.rcache.store(pending.key, reply, pending.limit, qend=pending.qend)
         self._finish(pending)
         self._answer_all(reply, pending)
 
