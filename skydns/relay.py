@@ -262,19 +262,25 @@ class UDPRelay:
             del self.in_flight[pending.key]
 
     def _answer_all(self, reply, pending):
-        cap = self.forwarder.config.max_udp_size
         for data, addr, started in pending.waiters:
             out = personalize(reply, data, pending.qend)
             if len(out) > pending.limit:  # cut to header and question, TC set
-                opt = encoder.opt_record(cap) if len(data) > pending.qend else None
-                out = encoder.message(data[:2], (out[2] << 8 | out[3]) | 0x0200,
-                                      data[12:pending.qend], (), (), (), opt, 65535)
+                out = self._bare(data, pending.qend, (out[2] << 8 | out[3]) | 0x0200)
                 self.metrics.error("truncated")
-            self.metrics.observe("recursive", time.perf_counter() - started, len(out))
-            try:
-                self.send(out, addr)
-            except OSError:
-                pass
+            self._deliver(out, addr, started)
+
+    def _bare(self, data, qend, flags):
+        """A reply of header and question only (with our OPT when the query had one)."""
+        opt = (encoder.opt_record(self.forwarder.config.max_udp_size)
+               if len(data) > qend else None)
+        return encoder.message(data[:2], flags, data[12:qend], (), (), (), opt, 65535)
+
+    def _deliver(self, out, addr, started):
+        self.metrics.observe("recursive", time.perf_counter() - started, len(out))
+        try:
+            self.send(out, addr)
+        except OSError:
+            pass  # the send buffer is full: UDP may drop, the client retries
 
     # -- timeouts and failures -------------------------------------------------------------
 
@@ -322,15 +328,7 @@ class UDPRelay:
         self.metrics.error("fail")
         for data, addr, started in pending.waiters:
             flags = 0x8000 | (data[2] << 8 & 0x0100) | 0x0080 | SERVFAIL
-            opt = (encoder.opt_record(self.forwarder.config.max_udp_size)
-                   if len(data) > pending.qend else None)
-            out = encoder.message(data[:2], flags, data[12:pending.qend], (), (), (), opt,
-                                  65535)
-            self.metrics.observe("recursive", time.perf_counter() - started, len(out))
-            try:
-                self.send(out, addr)
-            except OSError:
-                pass
+            self._deliver(self._bare(data, pending.qend, flags), addr, started)
 
     def stop(self):
         if self._sweep_call is not None and self._sweep_call.active():
