@@ -202,6 +202,13 @@ def message(query_id: bytes, flags: int, question: bytes, answer, authority, add
     return out
 
 
+def header_only(query: bytes, qend: int, flags: int, payload: int | None) -> bytes:
+    """A reply of the query's header and question only, with our OPT advertising
+    ``payload`` when the query had EDNS (SERVFAIL, or TC for a reply cut to nothing)."""
+    opt = opt_record(payload) if payload else None
+    return message(query[:2], flags, query[12:qend], (), (), (), opt, 65535)
+
+
 def render(query_id, flags, question, answer, authority, additional, opt, limit, tcp,
            qname=None):
     """(message, complete): within ``limit``, with the rules of ``wire.render``: drop the

@@ -47,9 +47,6 @@ import random
 import struct
 import time
 
-import dns.exception
-import dns.flags
-import dns.message
 import dns.rcode
 from twisted.internet import defer, error, protocol
 from twisted.protocols.basic import Int16StringReceiver
@@ -496,20 +493,3 @@ class Forwarder:
     def _answered(self, server):
         if self.down and self.down.pop(server, None) is not None:
             log.info("upstream %s:%d answers again", *server)
-
-    @defer.inlineCallbacks
-    def lookup(self, name, rdtype):
-        """Answer records for a name outside the domain (CNAME, SRV and MX targets)."""
-        if self.config.no_rec:
-            raise ForwardError("recursion disabled (-no-rec)")
-        query = dns.message.make_query(name, rdtype)
-        wire = yield self.forward(query.to_wire(), tcp=False, rotate_key=query.id)
-        reply = dns.message.from_wire(wire)
-        if reply.flags & dns.flags.TC:  # too big for UDP: the same query over TCP
-            wire = yield self.forward(query.to_wire(), tcp=True, rotate_key=query.id)
-            reply = dns.message.from_wire(wire)
-        if reply.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            # NXDOMAIN is an answer (no records): SkyDNS then kept the bare CNAME.
-            raise ForwardError(f"upstream answered {dns.rcode.to_text(reply.rcode())}")
-        return [(rrset.name, rrset.rdtype, rrset.ttl, rdata)
-                for rrset in reply.answer for rdata in rrset]

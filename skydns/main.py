@@ -37,7 +37,7 @@ class App:
         self.store = RecordStore(config.path_prefix)
         self.cache = WireCache()
         self.forwarder = Forwarder(reactor, config)
-        self.authority = Authority(self.store, config, upstream=self.forwarder.lookup)
+        self.authority = Authority(self.store, config)
         self.signer = None
         if config.dnssec:
             from .dnssec import DnssecSigner

@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from . import encoder
 from .forward import POOL_SIZE, SOCKET_LIFETIME, SOCKET_QUERIES, ForwardError
-from .rcache import cache_key, personalize, question_key
+from .rcache import personalize, question_key
 
 log = logging.getLogger("skydns.relay")
 
@@ -140,13 +140,13 @@ class UDPRelay:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def relay(self, query, data: bytes, addr, limit: int, started: float) -> bool:
-        """Take the query (True) or leave it to the general path (False)."""
+    def relay(self, query, data: bytes, addr, limit: int, started: float, key) -> bool:
+        """Take the query (True) or leave it to the general path (False); ``key`` is its
+        response cache key (``rcache.cache_key``), which the caller looked up already."""
         forwarder = self.forwarder
         cap = forwarder.config.max_concurrent
         if forwarder.all_down() or (cap and forwarder.outstanding >= cap):
             return False  # stale answers at once, or SERVFAIL "overloaded": general path
-        key = cache_key(data, False)
         if key is None or key in self.resolver.in_flight:
             return False
         pending = self.in_flight.get(key)
@@ -270,10 +270,9 @@ class UDPRelay:
             self._deliver(out, addr, started)
 
     def _bare(self, data, qend, flags):
-        """A reply of header and question only (with our OPT when the query had one)."""
-        opt = (encoder.opt_record(self.forwarder.config.max_udp_size)
-               if len(data) > qend else None)
-        return encoder.message(data[:2], flags, data[12:qend], (), (), (), opt, 65535)
+        """Header and question only (the query had EDNS when anything follows them)."""
+        return encoder.header_only(data, qend, flags, self.forwarder.config.max_udp_size
+                                   if len(data) > qend else None)
 
     def _deliver(self, out, addr, started):
         self.metrics.observe("recursive", time.perf_counter() - started, len(out))

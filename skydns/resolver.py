@@ -326,13 +326,15 @@ class Resolver:
 
     # -- forwarding ----------------------------------------------------------------------
 
-    def cached_forward(self, data: bytes, tcp: bool) -> bytes | None:
-        """The response cache's reply for these raw query bytes, or None: the client's ID
-        and question, TTLs aged. A popular entry near its end is refreshed meanwhile."""
+    def cached_forward(self, data: bytes, tcp: bool, key=None) -> bytes | None:
+        """The response cache's reply for these raw query bytes (``key``: their
+        ``cache_key``, when the caller has it), or None: the client's ID and question,
+        TTLs aged. A popular entry near its end is refreshed meanwhile."""
         cache = self.rcache
         if not cache.entries:
             return None
-        key = cache_key(data, tcp)
+        if key is None:
+            key = cache_key(data, tcp)
         if key is None:
             return None
         now = cache.clock()

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from . import encoder
 from . import wire as wirefmt
+from .rcache import cache_key
 from .resolver import RateLimitedLog
 
 log = logging.getLogger("skydns.server")
@@ -75,10 +76,6 @@ class QueryHandler:
         if len(data) < 12 or data[2] & 0x80:
             self.metrics.error("malformed")
             return None  # no header to answer, or not a query: never answer responses
-        cached = self.resolver.cached_forward(data, tcp)
-        if cached is not None:  # a forwarded answer, found on the raw bytes before parsing
-            self.metrics.observe("cache", time.perf_counter() - started, len(cached))
-            return cached
         query = wirefmt.parse_query(data)
         if query is not None:
             encloser = self.resolver.missing_name(query)
@@ -86,12 +83,16 @@ class QueryHandler:
                 return self._nxdomain(query, data, encloser, started)
             d = self.resolver.fast_query(query)
             finish = self._finish_fast
-            if d is None and addr is not None and self.relay is not None \
-                    and self.resolver.forwardable(query):
-                limit = wirefmt.fast_udp_limit(query, self.config.max_udp_size)
-                if self.relay.relay(query, data, addr, limit, started):
-                    return None
-            if d is None:
+            if d is None:  # not answered from the store: forwarded, or the general path
+                key = cache_key(data, tcp)
+                cached = self.resolver.cached_forward(data, tcp, key)
+                if cached is not None:
+                    return self._from_rcache(cached, started)
+                if addr is not None and self.relay is not None \
+                        and self.resolver.forwardable(query):
+                    limit = wirefmt.fast_udp_limit(query, self.config.max_udp_size)
+                    if self.relay.relay(query, data, addr, limit, started, key):
+                        return None
                 d = self.resolver.forward_fast(query, data, tcp)
                 finish = self._finish_forward
             if d is not None:
@@ -100,6 +101,10 @@ class QueryHandler:
                     d.addBoth(result.append)
                     return finish(result[0], query, data, tcp, started)
                 return d.addBoth(finish, query, data, tcp, started)
+        else:
+            cached = self.resolver.cached_forward(data, tcp)
+            if cached is not None:  # a forwarded answer, found on the raw bytes
+                return self._from_rcache(cached, started)
         try:
             request = dns.message.from_wire(data)
         except Exception as exc:
@@ -131,6 +136,10 @@ class QueryHandler:
         response = dns.message.make_response(request)
         response.set_rcode(dns.rcode.SERVFAIL)
         return wirefmt.to_wire(response)
+
+    def _from_rcache(self, cached, started):
+        self.metrics.observe("cache", time.perf_counter() - started, len(cached))
+        return cached
 
     # -- the fast path: a Result encoded straight to bytes --------------------------------
 
@@ -164,9 +173,8 @@ class QueryHandler:
                 cap = self.config.max_udp_size
                 if not tcp and len(out) > wirefmt.fast_udp_limit(query, cap):
                     flags = (out[2] << 8 | out[3]) | 0x0200
-                    opt = encoder.opt_record(cap) if query.edns else None
-                    out = encoder.message(data[:2], flags, data[12:query.qend], (), (), (),
-                                          opt, 65535, query.name)
+                    out = encoder.header_only(data, query.qend, flags,
+                                              cap if query.edns else None)
                     self.metrics.error("truncated")
         except Exception:
             return self._fast_error(query, data)
@@ -225,8 +233,8 @@ class QueryHandler:
             failure = Failure()
         self.failure_log.warn("failed to answer %s: %s", query.name, failure.getTraceback())
         flags = 0x8000 | (data[2] << 8 & 0x0100) | 0x0080 | dns.rcode.SERVFAIL
-        opt = encoder.opt_record(self.config.max_udp_size) if query.edns else None
-        return encoder.message(data[:2], flags, data[12:query.qend], (), (), (), opt, 65535)
+        return encoder.header_only(data, query.qend, flags,
+                                   self.config.max_udp_size if query.edns else None)
 
     def _encode(self, result, query, data, tcp):
         """Render a Result for a query read by ``parse_query``, and store it in the wire
