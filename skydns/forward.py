@@ -42,7 +42,9 @@ immediate. TCP is still one connection per query.
 
 from __future__ import annotations
 
+import array
 import logging
+import os
 import random
 import struct
 import time
@@ -61,6 +63,19 @@ HEALTH_PROBE_INTERVAL = 2.0  # seconds between background probes of a server mar
 POOL_SIZE = 16           # UDP sockets open at once per upstream server, at most
 SOCKET_QUERIES = 1000    # queries sent from a pooled socket before it is replaced
 SOCKET_LIFETIME = 10.0   # seconds a pooled socket takes new queries before it is replaced
+
+_random16 = array.array("H")
+
+
+def random16() -> int:
+    """A 16-bit number from the OS's CSPRNG, for query IDs and the pick of a pooled socket
+    (the port): ``random``'s Mersenne Twister can be predicted from its outputs (624 words
+    give away its state), and predictable IDs and ports are what a cache-poisoning attacker
+    needs. Read 8 KB at a time, so a number costs no system call."""
+    if not _random16:
+        _random16.frombytes(os.urandom(8192))
+    return _random16.pop()
+
 # Error replies a server may send without the question (dnspython accepts them too).
 _QUESTIONLESS_RCODES = frozenset((dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP,
                                   dns.rcode.REFUSED))
@@ -120,7 +135,7 @@ class _PooledSocket(protocol.DatagramProtocol):
         reply, or failing with ForwardError on timeout or refusal."""
         pending = self.pending
         for _ in range(64):  # at most SOCKET_QUERIES of the 65,536 IDs are ever in use
-            qid = random.getrandbits(16)
+            qid = random16()
             if qid not in pending:
                 break
         else:
@@ -227,7 +242,7 @@ class _UDPPool:
             return self._open()
         if not active:  # every socket is retiring with queries on it: use one of them
             return random.choice(tuple(self.retiring))
-        sock = active[random.getrandbits(16) % len(active)] if len(active) > 1 else active[0]
+        sock = active[random16() % len(active)] if len(active) > 1 else active[0]
         if sock.expired(self.clock()):
             self._retire(sock)
             if len(active) + len(self.retiring) < self.size:
@@ -427,7 +442,7 @@ class Forwarder:
     def _exchange(self, wire, server, tcp):
         """One query to one server under a fresh random ID: a Deferred raw reply."""
         if tcp:
-            return exchange(self.reactor, with_id(wire, random.getrandbits(16)), *server,
+            return exchange(self.reactor, with_id(wire, random16()), *server,
                             True, self.config.rtimeout)
         pool = self.pools.get(server)
         if pool is None:

@@ -43,14 +43,16 @@ def question_key(wire: bytes, qend: int) -> bytes:
     return wire[12:qend - 4].lower() + wire[qend - 4:qend]
 
 
-def cache_key(data: bytes, tcp: bool):
+def cache_key(data: bytes, tcp: bool, qend: int | None = None):
     """The cache key of a query: (transport, bytes after the ID with the name lower-cased),
-    or None for a query without exactly one plain question."""
-    if data[4:6] != b"\x00\x01":
-        return None
-    qend = question_end(data)
-    if qend < 0:
-        return None
+    or None for a query without exactly one plain question. A caller that parsed the
+    question already passes where it ends."""
+    if qend is None:
+        if data[4:6] != b"\x00\x01":
+            return None
+        qend = question_end(data)
+        if qend < 0:
+            return None
     return (tcp, data[2:12] + question_key(data, qend) + data[qend:])
 
 
@@ -108,10 +110,42 @@ def resource_records(wire: bytes) -> list:
     return rrs
 
 
+def scan(wire: bytes) -> tuple:
+    """What caching needs from a reply, in one pass over its RRs: (offsets of the TTL of
+    every RR but the OPT, whose "TTL" holds EDNS flags; the smallest of those TTLs or None;
+    whether the answer section has an RR; the MINIMUM of the first SOA in the authority
+    section or None). ValueError when the message is cut or malformed."""
+    unpack = struct.unpack_from
+    offsets, low, answered, soa_minimum = [], None, False, None
+    try:
+        qdcount, ancount, nscount, arcount = unpack("!4H", wire, 4)
+        pos = 12
+        for _ in range(qdcount):
+            pos = _name_end(wire, pos) + 4
+        answer_end, authority_end = ancount, ancount + nscount
+        for i in range(authority_end + arcount):
+            pos = _name_end(wire, pos)
+            rtype, _, ttl, rdlength = unpack("!HHIH", wire, pos)
+            pos += 10 + rdlength
+            if rtype == OPT:
+                continue
+            offsets.append(pos - rdlength - 6)
+            if low is None or ttl < low:
+                low = ttl
+            if i < answer_end:
+                answered = True
+            elif rtype == SOA and soa_minimum is None and i < authority_end:
+                (soa_minimum,) = unpack("!I", wire, pos - 4)
+    except (IndexError, struct.error) as exc:
+        raise ValueError(f"truncated message: {exc}") from None
+    if pos > len(wire):
+        raise ValueError("truncated rdata")
+    return offsets, low, answered, soa_minimum
+
+
 def ttl_offsets(wire: bytes) -> array.array:
     """Offsets of the TTL of every RR but the OPT (whose "TTL" holds EDNS flags)."""
-    return array.array("H", [off for _, rtype, off, _ in resource_records(wire)
-                             if rtype != OPT])
+    return array.array("H", scan(wire)[0])
 
 
 def rewrite_ttls(wire: bytes, offsets, change) -> bytes:
@@ -128,24 +162,20 @@ def decrement_ttls(wire: bytes, age: int) -> bytes:
     return rewrite_ttls(wire, ttl_offsets(wire), lambda ttl: max(0, ttl - age))
 
 
-def lifetime(wire: bytes, cap: int, rrs=None) -> int | None:
+def lifetime(wire: bytes, cap: int, scanned=None) -> int | None:
     """Seconds a reply may be cached, or None: NOERROR with an answer lives for its
     smallest TTL; NXDOMAIN and NODATA (RFC 2308) for the smallest of the TTLs and the SOA's
     minimum, and not at all without a SOA (RFC 2308 5); at most ``cap``. Truncated replies
-    and every other rcode (SERVFAIL, REFUSED...) are not cached."""
+    and every other rcode (SERVFAIL, REFUSED...) are not cached. ``scanned``: ``scan(wire)``
+    when the caller has it."""
     if len(wire) < 12 or wire[2] & TC or wire[3] & 0x0F not in (NOERROR, NXDOMAIN):
         return None
-    if rrs is None:
-        rrs = resource_records(wire)
-    ttls = [struct.unpack_from("!I", wire, off)[0] for _, rtype, off, _ in rrs
-            if rtype != OPT]
-    negative = wire[3] & 0x0F == NXDOMAIN or not any(s == 1 for s, *_ in rrs)
-    if negative:
-        soa = [end for section, rtype, _, end in rrs if section == 2 and rtype == SOA]
-        if not soa:
+    _, low, answered, soa_minimum = scan(wire) if scanned is None else scanned
+    life = cap if low is None else min(low, cap)
+    if wire[3] & 0x0F == NXDOMAIN or not answered:
+        if soa_minimum is None:
             return None
-        ttls.append(struct.unpack_from("!I", wire, soa[0] - 4)[0])  # SOA MINIMUM
-    life = min(ttls + [cap])
+        life = min(life, soa_minimum)
     return life if life > 0 else None
 
 
@@ -231,8 +261,8 @@ class ResponseCache:
         if not self.size or len(reply) < 12 or reply[3] & 0x0F not in (NOERROR, NXDOMAIN):
             return None
         try:
-            rrs = resource_records(reply)  # parsed once for the lifetime and the TTLs
-            life = lifetime(reply, self.max_ttl, rrs)
+            scanned = scan(reply)  # parsed once for the lifetime and the TTLs
+            life = lifetime(reply, self.max_ttl, scanned)
             if qend is None:
                 query = b"\x00\x00" + key[1]
                 qend = question_end(query)
@@ -240,36 +270,41 @@ class ResponseCache:
                     return None
             if life is None:
                 return None
-            offsets = array.array("H", [off for _, rtype, off, _ in rrs if rtype != OPT])
+            offsets = array.array("H", scanned[0])
         except ValueError:
             return None
         entry = Entry()
         entry.key = key
         entry.reply, entry.offsets, entry.qend = reply, offsets, qend
-        entry.stored = self.clock()
-        entry.age, entry.life, entry.expires = 0, life, entry.stored + life
+        entry.stored = stored = self.clock()
+        entry.age, entry.life, entry.expires = 0, life, stored + life
         entry.hits, entry.prefetching, entry.limit, entry.deps = 0, False, limit, deps
         entry.slot = None  # the metrics counters the UDP reader adds this entry's hits to
         # sys.getsizeof of the key tuple, its bytes, the reply, the offsets and the entry,
         # without the five calls (their fixed parts, measured once, are KEY_FIXED).
-        entry.cost = len(key[1]) + len(reply) + 2 * len(offsets) + KEY_FIXED
-        self.remove(key)
-        self.entries[key] = entry
-        self.bytes += entry.cost
-        entry.hot = hot_key(key, qend)
-        if entry.hot is not None:
-            self.udp_index[entry.hot] = entry
+        entry.cost = cost = len(key[1]) + len(reply) + 2 * len(offsets) + KEY_FIXED
+        entries = self.entries
+        if key in entries:
+            self.remove(key)
+        entries[key] = entry
+        self.bytes += cost
+        entry.hot = hot = hot_key(key, qend)
+        if hot is not None:
+            self.udp_index[hot] = entry
         if deps is not None:
             self.by_deps.setdefault(deps, set()).add(key)
-        while len(self.entries) > self.size:
-            self.remove(next(iter(self.entries)))
+        while len(entries) > self.size:
+            self._forget(*entries.popitem(last=False))  # the least recently used
             self.evicted += 1
         return entry
 
     def remove(self, key):
         entry = self.entries.pop(key, None)
-        if entry is None:
-            return
+        if entry is not None:
+            self._forget(key, entry)
+
+    def _forget(self, key, entry):
+        """Drop the indexes of an entry taken out of ``entries``."""
         self.bytes -= entry.cost
         if entry.hot is not None:
             self.udp_index.pop(entry.hot, None)

@@ -14,8 +14,9 @@ random ID, from one of a pool of connected UDP sockets to the first server in
 on that socket, QR and the same question, is sent back with the client's ID and question,
 RA set, and stored in the response cache. Identical queries in flight share one upstream
 query. Sockets are read by the reactor as plain IReadDescriptors, like the UDP reader's.
-Timeouts are one sweep every SWEEP seconds over queries in the order they were sent (they
-all wait ``-rtimeout``), not a timer each; a query that timed out, or whose socket was
+Timeouts are one sweep every SWEEP seconds over the queries outstanding, not a timer each
+(nor a queue of every query sent: that kept tens of thousands of answered queries alive for
+``-rtimeout``, and the cyclic garbage collector walked them all); a query that timed out, or whose socket was
 refused (ICMP), goes to the next server, and when none is left gets a stale answer from
 the response cache (RFC 8767) or SERVFAIL. The server's health, the ``-max-concurrent``
 count and the ordering are the Forwarder's, shared with the general path. A truncated
@@ -29,9 +30,7 @@ SOCKET_LIFETIME seconds, and a 16-bit random ID per query.
 
 from __future__ import annotations
 
-import collections
 import logging
-import random
 import socket
 import time
 
@@ -39,7 +38,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from . import encoder
-from .forward import POOL_SIZE, SOCKET_LIFETIME, SOCKET_QUERIES, ForwardError
+from .forward import POOL_SIZE, SOCKET_LIFETIME, SOCKET_QUERIES, ForwardError, random16
 from .rcache import personalize, question_key
 
 log = logging.getLogger("skydns.relay")
@@ -47,6 +46,7 @@ log = logging.getLogger("skydns.relay")
 SWEEP = 0.05  # seconds between looks for queries that have waited -rtimeout
 SERVFAIL = 2
 TC = 0x02
+WITH_RA = [bytes((flags | 0x80,)) for flags in range(256)]  # the second flags byte, RA set
 
 
 class _Query:
@@ -56,7 +56,7 @@ class _Query:
                  "deadline", "done", "waiters", "question")
 
     def __init__(self, key, name, wire, qend, limit, servers):
-        self.key = key
+        self.key = key            # rcache.cache_key: the question lower-cased after 10 bytes
         self.name = name
         self.wire = wire          # the first client's query (its ID is replaced upstream)
         self.qend = qend
@@ -68,7 +68,7 @@ class _Query:
         self.deadline = 0.0
         self.done = False
         self.waiters = []         # (query bytes, address, started) of every client
-        self.question = question_key(wire, qend)
+        self.question = key[1][10:qend - 2]  # question_key(wire, qend), from the key
 
 
 @implementer(IReadDescriptor)
@@ -134,8 +134,7 @@ class UDPRelay:
         self.metrics = metrics
         self.send = send
         self.pools = {}                    # server -> [_RelaySocket]
-        self.in_flight = {}                # cache key -> _Query
-        self.waiting = collections.deque()  # (deadline, _Query) in the order sent
+        self.in_flight = {}                # cache key -> _Query, until answered or failed
         self._sweep_call = None
 
     # -- sending ---------------------------------------------------------------------------
@@ -168,17 +167,19 @@ class UDPRelay:
 
     def _send(self, pending):
         """To the next server not tried yet; when none is left, the query fails."""
-        while pending.tried < len(pending.servers):
-            server = pending.servers[pending.tried]
+        servers = pending.servers
+        while pending.tried < len(servers):
+            server = servers[pending.tried]
             pending.tried += 1
+            now = time.monotonic()
             try:
-                sock = self._socket(server)
+                sock = self._socket(server, now)
             except OSError as exc:
                 self.forwarder._failed(server, exc)
                 continue
             ids = sock.ids
             for _ in range(64):
-                qid = random.getrandbits(16)
+                qid = random16()
                 if qid not in ids:
                     break
             else:
@@ -193,23 +194,21 @@ class UDPRelay:
             ids[qid] = pending
             sock.sent += 1
             pending.sock, pending.qid = sock, qid
-            pending.deadline = time.monotonic() + self.forwarder.config.rtimeout
-            self.waiting.append((pending.deadline, pending))
+            pending.deadline = now + self.forwarder.config.rtimeout
             if self._sweep_call is None:
                 self._sweep_call = self.reactor.callLater(SWEEP, self._sweep)
             return
         self._failed(pending, "no upstream answered")
 
-    def _socket(self, server):
+    def _socket(self, server, now):
         pool = self.pools.get(server)
         if pool is None:
             pool = self.pools[server] = []
-        now = time.monotonic()
         if len(pool) < POOL_SIZE:
             sock = _RelaySocket(self, server)
             pool.append(sock)
             return sock
-        i = random.getrandbits(16) % len(pool)
+        i = random16() % len(pool)
         sock = pool[i]
         if sock.expired(now):
             self._retire(sock)
@@ -235,7 +234,7 @@ class UDPRelay:
         if sock.retired and not sock.ids:
             sock.close()
         self.forwarder._answered(sock.server)
-        reply = data[:3] + bytes([data[3] | 0x80]) + data[4:]  # relayed with RA set
+        reply = data[:3] + WITH_RA[data[3]] + data[4:]  # relayed with RA set
         if reply[2] & TC and pending.limit > 512:
             self._finish(pending)
             d = self.resolver._over_tcp(pending.wire, reply, self.resolver.rcache,
@@ -286,11 +285,10 @@ class UDPRelay:
     def _sweep(self):
         self._sweep_call = None
         now = time.monotonic()
-        waiting = self.waiting
-        while waiting and waiting[0][0] <= now:
-            deadline, pending = waiting.popleft()
-            if pending.done or pending.deadline != deadline:
-                continue  # answered, or sent again since (a later entry stands for it)
+        late = [pending for pending in self.in_flight.values() if pending.deadline <= now]
+        for pending in late:
+            if pending.done:
+                continue  # failed meanwhile (a refusal moved it on and nothing was left)
             sock = pending.sock
             if sock.ids.get(pending.qid) is pending:
                 del sock.ids[pending.qid]
@@ -300,7 +298,7 @@ class UDPRelay:
             self.forwarder._failed(sock.server, ForwardError(
                 f"{sock.server[0]}:{sock.server[1]} timed out after {timeout:g}s"))
             self._send(pending)
-        if waiting:
+        if self.in_flight and self._sweep_call is None:
             self._sweep_call = self.reactor.callLater(SWEEP, self._sweep)
 
     def refused(self, sock):
@@ -313,7 +311,7 @@ class UDPRelay:
         self.forwarder._failed(sock.server, ForwardError(
             f"{sock.server[0]}:{sock.server[1]} refused"))
         for pending in ids.values():
-            self._send(pending)  # a new deadline: its old entry in ``waiting`` is skipped
+            self._send(pending)  # with a new deadline
 
     def _failed(self, pending, reason):
         self._finish(pending)

@@ -29,7 +29,7 @@ from . import __version__
 from . import encoder
 from . import wire as wirefmt
 from .authority import Result, hourly_serial, labels_of, name_text
-from .forward import ForwardError, Overloaded
+from .forward import ForwardError, Overloaded, random16
 from .rcache import ResponseCache, cache_key, personalize, relayed
 
 log = logging.getLogger("skydns.resolver")
@@ -379,7 +379,7 @@ class Resolver:
         """Ask upstream again for a cached entry's query, not waiting for the reply (which
         replaces the entry); the query is rebuilt from the key."""
         query = b"\x00\x00" + key[1]
-        d = self._fetch(key, query, key[0], random.getrandbits(16), cache, entry.limit,
+        d = self._fetch(key, query, key[0], random16(), cache, entry.limit,
                         entry.deps)
         d.addErrback(lambda f: self.failure_log.warn(
             "refreshing %s failed: %s", dns.name.from_wire(query, 12)[0], f.getErrorMessage()))

@@ -78,13 +78,16 @@ class QueryHandler:
             return None  # no header to answer, or not a query: never answer responses
         query = wirefmt.parse_query(data)
         if query is not None:
-            encloser = self.resolver.missing_name(query)
-            if encloser is not None:
-                return self._nxdomain(query, data, encloser, started)
-            d = self.resolver.fast_query(query)
+            if self.resolver.authority.in_domain(query.name):
+                encloser = self.resolver.missing_name(query)
+                if encloser is not None:
+                    return self._nxdomain(query, data, encloser, started)
+                d = self.resolver.fast_query(query)
+            else:
+                d = None  # forwarded, or a reverse name: the fast path has nothing for it
             finish = self._finish_fast
             if d is None:  # not answered from the store: forwarded, or the general path
-                key = cache_key(data, tcp)
+                key = cache_key(data, tcp, query.qend)
                 cached = self.resolver.cached_forward(data, tcp, key)
                 if cached is not None:
                     return self._from_rcache(cached, started)
@@ -447,12 +450,14 @@ class UDPServer:
         except Exception:
             log.exception("unexpected error handling a UDP query from %s", addr)
             return
-        if isinstance(out, defer.Deferred):
+        if out is None:
+            return  # nothing to send, or the relay took the query
+        if isinstance(out, (bytes, bytearray)):  # not isinstance(Deferred): ABCMeta, slow
+            self._send(out, addr)
+        else:
             out.addCallback(self._send, addr)
             out.addErrback(lambda f: log.error("UDP reply to %s failed: %s", addr,
                                                f.getErrorMessage()))
-        else:
-            self._send(out, addr)
 
     def _send(self, out, addr):
         if out:

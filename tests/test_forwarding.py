@@ -30,8 +30,9 @@ import dns.rrset
 import pytest
 
 from procs import Skydns, free_port, wait_for
+from skydns.forward import random16
 from skydns.rcache import (STALE_TTL, ResponseCache, cache_key, decrement_ttls, lifetime,
-                           personalize, relayed, resource_records)
+                           personalize, relayed, resource_records, scan)
 
 SLOW = 0.5  # seconds the stand-in waits before answering a name starting with "slow"
 
@@ -277,6 +278,42 @@ def test_resource_records_follow_compression_and_reject_cut_messages():
     for cut in (len(wire) - 1, 40, 13):
         with pytest.raises(ValueError):
             resource_records(wire[:cut])
+
+
+def test_scan_agrees_with_the_records_it_walks():
+    """scan's one pass gives what resource_records' full list does, for every shape the
+    cache sees: answers with OPT, negative answers with a SOA, NODATA without one."""
+    _, reply = sample_reply()
+    wires = [reply.to_wire(), negative(dns.rcode.NXDOMAIN, 300, 1),
+             negative(dns.rcode.NOERROR, 20, 600), negative(dns.rcode.NXDOMAIN, 9, 7, True),
+             dns.message.make_response(dns.message.make_query("a.example.com.", "A")).to_wire()]
+    for wire in wires:
+        rrs = resource_records(wire)
+        plain = [(section, rtype, off, end) for section, rtype, off, end in rrs if rtype != 41]
+        offsets, low, answered, soa_minimum = scan(wire)
+        assert offsets == [off for _, _, off, _ in plain]
+        ttls = [int.from_bytes(wire[off:off + 4], "big") for off in offsets]
+        assert low == (min(ttls) if ttls else None)
+        assert answered == any(section == 1 for section, *_ in plain)
+        soa = [end for section, rtype, _, end in plain if section == 2 and rtype == 6]
+        assert soa_minimum == (int.from_bytes(wire[soa[0] - 4:soa[0]], "big") if soa else None)
+    assert scan(negative(dns.rcode.NXDOMAIN, 300, 1))[3] == 1
+    for cut in (len(wires[0]) - 1, 40, 13):
+        with pytest.raises(ValueError):
+            scan(wires[0][:cut])
+
+
+def test_query_ids_do_not_come_from_the_seedable_generator():
+    """IDs and socket picks come from the OS: seeding ``random`` (or recovering its state
+    from outputs) must not make them repeat."""
+    import random
+    random.seed(7)
+    first = [random16() for _ in range(64)]
+    random.seed(7)
+    second = [random16() for _ in range(64)]
+    assert first != second
+    assert all(0 <= n < 65536 for n in first + second)
+    assert len(set(random16() for _ in range(5000))) > 4000  # 16 bits, not a few values
 
 
 def negative(rcode, soa_ttl, minimum, answer=False):
