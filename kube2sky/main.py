@@ -198,7 +198,7 @@ class App:
     def liveness(self):
         if self.controller is None:
             return True, "ok (waiting for the API server)"
-        dead = [t.name for t in [self.controller, self.writer._thread, *self.reflectors]
+        dead = [t.name for t in [self.controller, *self.writer.threads, *self.reflectors]
                 if not t.is_alive()]
         if dead:
             return False, "threads stopped: " + ", ".join(dead)

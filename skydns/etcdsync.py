@@ -65,6 +65,28 @@ def make_client(config, timeout=RPC_TIMEOUT):
     return client
 
 
+def read_prefix(client, prefix: str, each, revision: int = 0, progress=None) -> int:
+    """Call ``each(kv)`` for every key under ``prefix``, read in pages of PAGE keys at one
+    revision (``revision``, or the first page's), and return that revision. One range
+    reply for a whole big prefix could pass gRPC's message limit and holds every key twice
+    in memory while it is decoded. ``progress(count)`` after every page but the last."""
+    range_end = etcd3.utils.prefix_range_end(prefix.encode())
+    start, count = prefix.encode(), 0
+    while True:
+        response = client.get_range_response(start, range_end, limit=PAGE,
+                                             revision=revision)
+        if not revision:
+            revision = response.header.revision
+        for kv in response.kvs:
+            each(kv)
+        count += len(response.kvs)
+        if not response.more or not response.kvs:
+            return revision
+        start = response.kvs[-1].key + b"\x00"
+        if progress is not None:
+            progress(count)
+
+
 def close_quietly(client):
     """Close an etcd client that may already be broken (a new one replaces it)."""
     if client is not None:
@@ -187,22 +209,12 @@ class EtcdSync:
     def _load(self):
         """One consistent read of the prefix (paged at a single revision)."""
         started = time.monotonic()
-        client = self._client
-        range_end = etcd3.utils.prefix_range_end(self.prefix.encode())
-        start = self.prefix.encode()
-        revision = None
         items = []
-        while True:
-            response = client.get_range_response(start, range_end, limit=PAGE,
-                                                 revision=revision or 0)
-            if revision is None:
-                revision = response.header.revision
-            for kv in response.kvs:
-                items.append((kv.key.decode("utf-8", "replace"), kv.value, kv.lease))
-            if not response.more or not response.kvs:
-                break
-            start = response.kvs[-1].key + b"\x00"
-            log.info("loading from etcd: %d keys so far", len(items))
+
+        def progress(count):
+            log.info("loading from etcd: %d keys so far", count)
+        revision = read_prefix(self._client, self.prefix, lambda kv: items.append(
+            (kv.key.decode("utf-8", "replace"), kv.value, kv.lease)), progress=progress)
         leases = self._lease_expiry({lease for _, _, lease in items if lease})
         self.revision = revision
         self.reloads += 1
