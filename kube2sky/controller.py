@@ -33,10 +33,11 @@ class Controller(threading.Thread):
         self.started = time.monotonic()
         self._backoff = Backoff(0.5, 10.0)
         self._next_reconcile = 0.0
+        self.reconcile_error = ""     # why the last reconcile could not read etcd, if it failed
 
     @property
     def ready(self) -> bool:
-        return self.synced and self.writer.healthy
+        return self.synced and self.writer.healthy and not self.reconcile_error
 
     def run(self):
         while not self.stop_event.is_set():
@@ -58,17 +59,20 @@ class Controller(threading.Thread):
 
     def _apply(self, item):
         if item[0] == "list":
+            # Not written as such: the reconcile that follows compares the whole desired
+            # state with etcd and writes only what differs (a restart against an etcd in
+            # sync then writes nothing, instead of every key again).
             _, kind, items, version = item
-            changes = self.state.replace(kind, items)
+            self.state.replace(kind, items)
             self.listed.add(kind)
             self.reconcile_needed = True
-        else:
-            _, kind, event_type, obj = item
-            changes = self.state.handle(kind, event_type, obj)
-            if changes:
-                meta = obj.get("metadata") or {}
-                log.info("%s %s/%s %s: %d keys change", kind, meta.get("namespace"),
-                         meta.get("name"), event_type.lower(), len(changes))
+            return
+        _, kind, event_type, obj = item
+        changes = self.state.handle(kind, event_type, obj)
+        if changes:
+            meta = obj.get("metadata") or {}
+            log.info("%s %s/%s %s: %d keys change", kind, meta.get("namespace"),
+                     meta.get("name"), event_type.lower(), len(changes))
         self.writer.submit(changes)
 
     def _reconcile(self):
@@ -76,10 +80,12 @@ class Controller(threading.Thread):
             count = self.writer.reconcile(self.state.desired())
         except Exception as exc:
             delay = self._backoff.next()
+            self.reconcile_error = " ".join(str(exc).split())[:300] or exc.__class__.__name__
             log.warning("cannot reconcile with etcd yet (%s); retrying in %.1fs",
-                        " ".join(str(exc).split()) or exc.__class__.__name__, delay)
+                        self.reconcile_error, delay)
             self._next_reconcile = time.monotonic() + delay
             return
+        self.reconcile_error = ""
         self._backoff.reset()
         self.reconcile_needed = False
         log.info("reconciled etcd with %d desired keys: %d to write or delete",

@@ -17,7 +17,7 @@ from .controller import Controller
 from .etcdwriter import MARKER_PREFIX, EtcdWriter
 from .records import Layout
 from .reflector import Reflector
-from .state import DesiredState
+from .state import SLIMMERS, DesiredState
 
 log = logging.getLogger("kube2sky")
 
@@ -177,7 +177,8 @@ class App:
         if args.pod_records:
             sources["pods"] = core.list_pod_for_all_namespaces
         self.controller = Controller(self.state, self.writer, sources, self.stop_event)
-        self.reflectors = [Reflector(kind, func, self.controller.queue, self.stop_event)
+        self.reflectors = [Reflector(kind, func, self.controller.queue, self.stop_event,
+                                     slim=SLIMMERS[kind])
                            for kind, func in sources.items()]
 
     def readiness(self):
@@ -191,6 +192,9 @@ class App:
             reasons.append("not listed yet: " + ", ".join(missing))
         if not self.writer.healthy:
             reasons.append(f"etcd writes failing: {self.writer.last_error}")
+        if self.controller.reconcile_error:
+            reasons.append(f"etcd not readable for the reconcile: "
+                           f"{self.controller.reconcile_error}")
         if not reasons:
             reasons.append(f"initial sync in progress ({self.writer.pending()} keys to write)")
         return False, "\n".join(reasons)

@@ -2,8 +2,11 @@
 
 The idiom of client-go's reflector: list, watch from the list's resourceVersion, re-watch
 from the last seen resourceVersion when the server ends a watch normally, and relist when
-the version is too old (410 Gone) or the stream breaks. Events go, as raw API JSON, to the
-controller's queue; this thread keeps no objects.
+the version is too old (410 Gone) or the stream breaks. Lists are paged (``limit`` and
+``continue``, LIST_PAGE objects a page, as client-go's pager) and every object is slimmed
+(``state.SLIMMERS``) as its page arrives, so a list of 20,000 pods never holds their full
+specs at once. Events go, as slimmed API JSON, to the controller's queue; this thread keeps
+no objects.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ log = logging.getLogger("kube2sky.reflector")
 
 WATCH_TIMEOUT = 300      # seconds the API server keeps one watch open (timeoutSeconds)
 LIST_TIMEOUT = 120
+LIST_PAGE = 500          # objects per list request (client-go's pager default)
 
 
 class Reflector(threading.Thread):
-    def __init__(self, kind, list_func, out, stop_event, watch_timeout=WATCH_TIMEOUT):
+    def __init__(self, kind, list_func, out, stop_event, watch_timeout=WATCH_TIMEOUT,
+                 slim=lambda obj: obj):
         super().__init__(name=f"reflector-{kind}", daemon=True)
         self.kind = kind
+        self.slim = slim
         self.list_func = list_func
         self.out = out
         self.stop_event = stop_event
@@ -71,14 +77,29 @@ class Reflector(threading.Thread):
         self.healthy, self.last_error = False, reason
 
     def _list(self):
+        """All objects of the kind, page by page at the first page's resourceVersion (the
+        API keeps one snapshot across ``continue`` tokens; an expired token is a 410, and
+        the list starts over)."""
         started = time.monotonic()
-        response = self.list_func(_preload_content=False, _request_timeout=LIST_TIMEOUT)
-        data = json.loads(response.data)
-        items = data.get("items") or []
-        version = (data.get("metadata") or {}).get("resourceVersion")
+        items, token, version, pages = [], None, None, 0
+        while True:
+            kwargs = {"_continue": token} if token else {}
+            response = self.list_func(limit=LIST_PAGE, _preload_content=False,
+                                      _request_timeout=LIST_TIMEOUT, **kwargs)
+            data = json.loads(response.data)
+            items.extend(self.slim(obj) for obj in data.get("items") or [])
+            metadata = data.get("metadata") or {}
+            version = metadata.get("resourceVersion") or version
+            token = metadata.get("continue")
+            pages += 1
+            if not token:
+                break
+            if pages % 20 == 0:
+                log.info("listing %s: %d so far (%.1fs)", self.kind, len(items),
+                         time.monotonic() - started)
         self.relists += 1
-        log.info("listed %d %s at resourceVersion %s in %.2fs", len(items), self.kind, version,
-                 time.monotonic() - started)
+        log.info("listed %d %s at resourceVersion %s in %.2fs (%d pages)", len(items),
+                 self.kind, version, time.monotonic() - started, pages)
         self.out.put(("list", self.kind, items, version))
         self.healthy, self.last_error = True, ""
         return version
@@ -107,7 +128,7 @@ class Reflector(threading.Thread):
                                        reason=obj.get("reason") or obj.get("message"))
                 version = (obj.get("metadata") or {}).get("resourceVersion") or version
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self.out.put(("event", self.kind, kind, obj))
+                    self.out.put(("event", self.kind, kind, self.slim(obj)))
         finally:
             response.release_conn()
         return version

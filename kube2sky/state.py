@@ -33,6 +33,17 @@ def slim(obj: dict) -> dict:
     return out
 
 
+def slim_pod(obj: dict) -> dict:
+    """What a pod's records need: thousands of pods must not cost their full specs."""
+    ns, name = meta(obj)
+    status = obj.get("status") or {}
+    return {"metadata": {"namespace": ns, "name": name},
+            "status": {"podIP": status.get("podIP"), "podIPs": status.get("podIPs")}}
+
+
+SLIMMERS = {"services": slim, "endpoints": slim, "endpointslices": slim, "pods": slim_pod}
+
+
 class DesiredState:
     def __init__(self, layout: Layout, pods: bool = True, use_slices: bool = True):
         self.layout = layout
@@ -172,11 +183,7 @@ class DesiredState:
         if not self.pods_enabled:
             return {}
         ns, name = meta(obj)
-        status = obj.get("status") or {}
-        # Only what the records need: thousands of pods must not cost their full specs.
-        self.pods[(ns, name)] = obj = {
-            "metadata": {"namespace": ns, "name": name},
-            "status": {"podIP": status.get("podIP"), "podIPs": status.get("podIPs")}}
+        self.pods[(ns, name)] = obj = slim_pod(obj)
         records, problems = pod_records(self.layout, obj)
         self._report(("pod", ns, name), problems)
         return self._set_owner(("pod", ns, name), records)

@@ -16,6 +16,7 @@ emulator and kube2sky on a spare etcd that is wiped first.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -744,6 +745,31 @@ def test_restart_makes_etcd_exact(fresh):
                         [("pg", 5433, "tcp")]),
         **external_keys(ns, "ext", "other.example"),
         **pod_keys(ns, "10.244.9.10")})
+
+
+def test_big_lists_are_paged_and_a_restart_in_sync_writes_nothing(fresh):
+    """More objects than one list page (500): every one is synced, the log counts the
+    pages, and a restart against the etcd it filled writes and deletes nothing."""
+    f = fresh()
+    store, ns, expected = f.emu.store, "paged", dict(BASELINE)
+    for i in range(1100):
+        svc = store.create("services", {"metadata": {"name": f"s{i}", "namespace": ns},
+                                        "spec": {"ports": [{"name": "http", "port": 80}]}},
+                           namespace=ns)
+        expected.update(cluster_ip_keys(ns, f"s{i}", svc["spec"]["clusterIP"],
+                                        [("http", 80, "tcp")]))
+    k2s = f.kube2sky()
+    wait_etcd_equals(f.etcd, expected, timeout=60)
+    log = open(k2s.logpath).read()
+    assert re.search(r"listed 1101 services at resourceVersion \S+ in [\d.]+s \(3 pages\)",
+                     log), log[-2000:]
+    k2s.stop()
+    k2s.start()
+    assert k2s.readiness()[0] == 200
+    done = re.findall(r"initial sync done in [\d.]+s: (\d+) keys desired, (\d+) written, "
+                      r"(\d+) deleted", open(k2s.logpath).read())
+    assert done[-1] == (str(len(expected)), "0", "0")
+    wait_etcd_equals(f.etcd, expected)
 
 
 # -- 5. ownership ----------------------------------------------------------------------------
