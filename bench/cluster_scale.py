@@ -34,10 +34,9 @@ Then, on 127.0.0.1 only:
    each POSTed to the emulator (the request ``CoreV1Api.create_namespaced_service`` sends);
    skydns is then asked ``<name>.<ns>.svc.cluster.local. A`` over UDP every ~1 ms until it
    answers with the clusterIP from the create response (or ``--create-timeout``).
-   p50/p99/max from the start of the POST; the POST alone is the reference. Each POST
-   goes on a new connection: kubeemu writes a response's headers and body in two sends
-   without TCP_NODELAY, so on a kept-alive connection (``--keep-alive``, what the
-   kubernetes client's pool does) Nagle and the delayed ACK add ~40 ms to every POST.
+   p50/p99/max from the start of the POST; the POST alone is the reference. The POSTs
+   share one kept-alive connection, as the kubernetes client's pool does
+   (``--new-connections`` opens one per POST).
 
 Prints progress while waiting, then one markdown table (figure | measured | reference |
 target) and one JSON line with every figure. Every process started here is stopped by
@@ -83,6 +82,9 @@ import etcd3  # noqa: E402
 ZONE = "cluster.local."
 RECORDS = "/skydns/"
 MARKERS = "/kube2sky/keys/"
+# kube2sky's log lines that time its phases: lists, reconcile, writes, the end of the sync.
+PHASE_LINE = re.compile(r"listed \d+ |listed objects applied|reconciled etcd|wrote \d+ keys|"
+                        r"initial sync done")
 TXN_OPS = 128                                   # etcd's default --max-txn-ops
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]  # as skydns
 PORTS = [{"name": "http", "port": 80, "protocol": "TCP"},
@@ -305,6 +307,11 @@ def run_kube2sky(a, name: str, tmp: Path, procs: list[Proc], api_url: str,
         if match:
             break
         time.sleep(0.05)
+    phases = [line.split(": ", 1)[-1] for line in
+              proc.logpath.read_text(errors="replace").splitlines()
+              if PHASE_LINE.search(line)]
+    for line in phases:
+        log(f"  {name} log: {line}")
     if match:
         out.update(log_seconds=float(match.group(1)), desired=int(match.group(2)),
                    written=int(match.group(3)), deleted=int(match.group(4)))
@@ -473,7 +480,7 @@ def create_to_answer(a, api_url: str, dns_port: int, sky: Proc, k2s: Proc) -> di
     host, port = api_url.rsplit("//", 1)[1].split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if not a.keep_alive:
+    if a.new_connections:
         headers["Connection"] = "close"
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect((LOOPBACK, dns_port))
@@ -496,7 +503,7 @@ def create_to_answer(a, api_url: str, dns_port: int, sky: Proc, k2s: Proc) -> di
             resp = conn.getresponse()
             data = resp.read()
             t_created = time.perf_counter()
-            if not a.keep_alive:
+            if a.new_connections:
                 conn.close()                 # the next request connects afresh
             if resp.status != 201:
                 raise BenchError(f"creating {ns}/{name}: HTTP {resp.status}: {data[:300]!r}")
@@ -727,11 +734,9 @@ def main(argv=None) -> int:
                     help="seconds a created service may take to be answered (5)")
     ap.add_argument("--poll-interval", type=float, default=0.001,
                     help="seconds between DNS queries for a created service (0.001)")
-    ap.add_argument("--keep-alive", action="store_true",
-                    help="send every create on one kept-alive connection, as the kubernetes "
-                         "client's pool does (default: a new connection per create; kubeemu "
-                         "writes a response's headers and body in two sends, so on a reused "
-                         "connection Nagle and the delayed ACK hold each answer ~40 ms)")
+    ap.add_argument("--new-connections", action="store_true",
+                    help="a new connection per create (default: one kept-alive connection, "
+                         "as the kubernetes client's pool)")
     ap.add_argument("--skip-restart", action="store_true", help="no kube2sky restart figure")
     ap.add_argument("--skip-skydns", action="store_true",
                     help="no skydns figures (implies --skip-create)")

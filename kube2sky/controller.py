@@ -5,6 +5,13 @@ it reconciles etcd with the whole desired state.
 No deletion is ever computed from a partial picture: incremental changes only move keys
 between values this process has itself seen, and the reconcile that removes stale keys
 waits until every resource has been listed.
+
+At start, etcd is read once in the background while the API is listed (the snapshot):
+each initial list's new records are then written as soon as the list is applied, those
+etcd already holds skipped, and the first reconcile compares with the snapshot (kept up to
+date with everything sent since) instead of reading etcd a second time. A restart against
+an etcd in sync so costs the longer of the lists and the read, not their sum, and writes
+nothing; on an empty etcd the writes overlap the lists.
 """
 
 from __future__ import annotations
@@ -34,12 +41,69 @@ class Controller(threading.Thread):
         self._backoff = Backoff(0.5, 10.0)
         self._next_reconcile = 0.0
         self.reconcile_error = ""     # why the last reconcile could not read etcd, if it failed
+        self._snapshot = None        # (ours, actual, marked) read at start, until the 1st reconcile
+        self._snapshot_read = None   # the snapshot as read, until this thread takes it over
+        self._snapshot_done = threading.Event()
+        self._early = {}             # changes sent before the snapshot arrived
+        self._starting = True        # until the first reconcile: the snapshot is in use
+        self._list_seconds = {}      # kind -> seconds spent applying its list's pages
+
+    def _read_snapshot(self):
+        started = time.monotonic()
+        try:
+            snapshot = self.writer.read_state()
+        except Exception as exc:  # the first reconcile reads (and retries) itself
+            log.warning("cannot read etcd at start (%s): the reconcile will",
+                        " ".join(str(exc).split())[:300] or exc.__class__.__name__)
+        else:
+            log.info("read %d keys from etcd in %.2fs (%d of them ours)", len(snapshot[1]),
+                     time.monotonic() - started, len(snapshot[0]))
+            self._snapshot_read = snapshot
+        self._snapshot_done.set()
+
+    def _adopt_snapshot(self):
+        """Take over the snapshot once read, with what was sent meanwhile applied to it
+        (the read may have missed those writes): a later deletion of such a key must
+        still reach etcd."""
+        snapshot, self._snapshot_read = self._snapshot_read, None
+        if snapshot is not None:
+            self._snapshot = snapshot
+            self._note(snapshot, self._early)
+            self._early = {}
+        return self._snapshot
+
+    @staticmethod
+    def _note(snapshot, changes):
+        ours, actual, _ = snapshot
+        for key, value in changes.items():
+            if value is None:
+                actual.pop(key, None)
+                ours.discard(key)
+            else:
+                actual[key] = value
+                ours.add(key)
+
+    def _send(self, changes):
+        """Submit ``changes``; while the snapshot stands, keep it equal to what etcd will
+        hold, and leave out what it holds already."""
+        if self._starting:
+            snapshot = self._adopt_snapshot()
+            if snapshot is not None:
+                actual = snapshot[1]
+                changes = {key: value for key, value in changes.items()
+                           if actual.get(key) != value or (value is None and key in actual)}
+                self._note(snapshot, changes)
+            else:  # applied to the snapshot when it arrives
+                self._early.update(changes)
+        self.writer.submit(changes)
 
     @property
     def ready(self) -> bool:
         return self.synced and self.writer.healthy and not self.reconcile_error
 
     def run(self):
+        threading.Thread(target=self._read_snapshot, name="etcd-snapshot",
+                         daemon=True).start()
         while not self.stop_event.is_set():
             try:
                 item = self.queue.get(timeout=0.2)
@@ -58,12 +122,32 @@ class Controller(threading.Thread):
                          len(self.state.index), self.writer.written, self.writer.deleted)
 
     def _apply(self, item):
-        if item[0] == "list":
-            # Not written as such: the reconcile that follows compares the whole desired
-            # state with etcd and writes only what differs (a restart against an etcd in
-            # sync then writes nothing, instead of every key again).
-            _, kind, items, version = item
-            self.state.replace(kind, items)
+        # At start a list's changes are everything (the state was empty): only what the
+        # snapshot of etcd lacks is written (new records at once, deletions after all
+        # lists); without a snapshot, nothing until the reconcile, which writes only what
+        # differs from etcd (a restart against an etcd in sync writes nothing). A relist's
+        # changes are real differences and go out at once, as events do.
+        if item[0] == "page":
+            _, kind, items = item
+            started = time.monotonic()
+            changes = self.state.apply_page(kind, items)
+            self._list_seconds[kind] = self._list_seconds.get(kind, 0.0) + \
+                time.monotonic() - started
+            if not self._starting:
+                self._send(changes)
+            elif self._adopt_snapshot() is not None:
+                self._send({key: value for key, value in changes.items()
+                            if value is not None})
+            return
+        if item[0] == "listed":
+            _, kind, listed, version = item
+            started = time.monotonic()
+            changes = self.state.end_list(kind, listed)
+            if not self._starting:
+                self._send(changes)
+            log.info("%s: %d listed objects applied in %.2fs (%d keys desired)", kind,
+                     len(listed), self._list_seconds.pop(kind, 0.0) + time.monotonic() -
+                     started, len(self.state.index))
             self.listed.add(kind)
             self.reconcile_needed = True
             return
@@ -73,11 +157,16 @@ class Controller(threading.Thread):
             meta = obj.get("metadata") or {}
             log.info("%s %s/%s %s: %d keys change", kind, meta.get("namespace"),
                      meta.get("name"), event_type.lower(), len(changes))
-        self.writer.submit(changes)
+        self._send(changes)
 
     def _reconcile(self):
+        if not self._snapshot_done.is_set():
+            return  # the start-up read is still going: it spares the reconcile its own
+        started = time.monotonic()
+        snapshot = self._adopt_snapshot() if self._starting else None
+        self._starting, self._snapshot, self._early = False, None, {}
         try:
-            count = self.writer.reconcile(self.state.desired())
+            count = self.writer.reconcile(self.state.desired(), snapshot)
         except Exception as exc:
             delay = self._backoff.next()
             self.reconcile_error = " ".join(str(exc).split())[:300] or exc.__class__.__name__
@@ -88,5 +177,5 @@ class Controller(threading.Thread):
         self.reconcile_error = ""
         self._backoff.reset()
         self.reconcile_needed = False
-        log.info("reconciled etcd with %d desired keys: %d to write or delete",
-                 len(self.state.index), count)
+        log.info("reconciled etcd with %d desired keys in %.2fs: %d to write or delete",
+                 len(self.state.index), time.monotonic() - started, count)

@@ -2,17 +2,20 @@
 several in flight at once, retried with bounded jittered backoff while etcd is away
 (nothing pending is lost).
 
-Ownership: next to every record it writes, kube2sky writes a marker key
-``/kube2sky/keys<record key>`` holding the same value, in the same transaction. Keys without
-a marker were written by someone else and are never changed or deleted; a reconcile deletes
-exactly the marked keys that are no longer desired.
+Ownership: every value kube2sky writes carries ``"owner":"kube2sky"`` as its last JSON field
+(``skydns.record.owned_by``; SkyDNS and CoreDNS ignore fields they do not know). Keys whose
+value does not were written by someone else: a reconcile never deletes them. Earlier
+versions wrote a marker key ``/kube2sky/keys<record key>`` next to every record instead,
+which doubled every write and every read; a reconcile still treats a marked key as ours,
+rewrites it with the owner field if it is desired (deletes it if not) and deletes the
+marker, so an etcd written by an older kube2sky converts itself on the first start.
 
 Pending changes are kept in first-submitted order and taken from the front in O(1) per key
 (an OrderedDict: taking the first keys of a plain dict copies or rescans it, which made a
 sync of 340,000 keys quadratic). WRITERS threads each send one transaction at a time: etcd
-commits concurrent requests in one raft batch, so a few in flight write several times faster
-than one. A key is never in two transactions at once, so writes to one key land in the order
-they were submitted.
+commits concurrent requests in one raft batch, so a few in flight write faster than one.
+A key is never in two transactions at once, so writes to one key land in the order they
+were submitted.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ import threading
 import time
 
 from skydns.etcdsync import Backoff, close_quietly, make_client, read_prefix
+from skydns.record import owned_by
+
+from .records import OWNER
 
 log = logging.getLogger("kube2sky.etcd")
 
-MARKER_PREFIX = "/kube2sky/keys"
+MARKER_PREFIX = "/kube2sky/keys"  # ownership markers of older versions (converted away)
 MAX_TXN_OPS = 128          # etcd's default --max-txn-ops
-KEYS_PER_TXN = MAX_TXN_OPS // 2  # each key is written with its marker
+KEYS_PER_TXN = MAX_TXN_OPS
 WRITERS = 4                # transactions in flight at once
 
 
@@ -95,19 +101,21 @@ class EtcdWriter:
             return len(self._pending) + len(self._in_flight)
 
     def read_state(self):
-        """(markers, actual values) under our scopes: {key: value}, all read at one etcd
-        revision, so a write landing between the reads cannot make a record look unmarked
-        (and be written again); paged, however many keys there are. Raises if etcd is
-        away."""
+        """(our keys, actual values under our scopes, keys with an old-style marker), all
+        read at one etcd revision and paged, however many keys there are. Ours: a value
+        with our owner field, or a marker. Raises if etcd is away."""
         client = self.client
-        markers, actual = {}, {}
+        ours, actual, marked = set(), {}, set()
         skip = len(MARKER_PREFIX)
 
         def marker(kv):
-            markers[kv.key.decode()[skip:]] = kv.value.decode()
+            marked.add(kv.key.decode()[skip:])
 
         def record(kv):
-            actual[kv.key.decode()] = kv.value.decode("utf-8", "replace")
+            key, value = kv.key.decode(), kv.value.decode("utf-8", "replace")
+            actual[key] = value
+            if owned_by(value, OWNER):
+                ours.add(key)
         try:
             revision = read_prefix(client, MARKER_PREFIX + "/", marker)
             for scope in self.scopes:
@@ -115,18 +123,18 @@ class EtcdWriter:
         except Exception:
             self._drop_client(client)
             raise
-        return markers, actual
+        return ours | marked, actual, marked
 
-    def reconcile(self, desired: dict) -> int:
-        """Make etcd equal to ``desired`` for our keys; returns how many keys change."""
-        markers, actual = self.read_state()
-        changes = {}
-        for key, value in desired.items():
-            if actual.get(key) != value or markers.get(key) != value:
-                changes[key] = value
-        for key in markers:
-            if key not in desired:
-                changes[key] = None
+    def reconcile(self, desired: dict, state=None) -> int:
+        """Make etcd equal to ``desired`` for our keys; returns how many keys change.
+        ``state``: what ``read_state`` gave, when the caller has it (else etcd is read)."""
+        ours, actual, marked = self.read_state() if state is None else state
+        changes = {key: value for key, value in desired.items() if actual.get(key) != value}
+        changes.update((key, None) for key in ours if key not in desired)
+        if marked:
+            log.info("converting %d keys from ownership markers to the owner field",
+                     len(marked))
+            changes.update((MARKER_PREFIX + key, None) for key in marked)
         self.submit(changes)
         return len(changes)
 
@@ -215,14 +223,9 @@ class EtcdWriter:
             log.info("wrote %d keys to etcd in %.1fs", done, now - started)
 
     def _apply(self, client, batch):
-        ops = []
         put, delete = client.transactions.put, client.transactions.delete
-        for key, value in batch.items():
-            marker = MARKER_PREFIX + key
-            if value is None:
-                ops += [delete(key), delete(marker)]
-            else:
-                ops += [put(key, value), put(marker, value)]
+        ops = [delete(key) if value is None else put(key, value)
+               for key, value in batch.items()]
         ok, _ = client.transaction(compare=[], success=ops, failure=[])
         if not ok:
             raise RuntimeError("transaction not applied")

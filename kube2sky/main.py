@@ -12,10 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 from skydns.config import parse_bool, parse_duration
+from skydns.record import OWNER_FIELD
 
 from .controller import Controller
-from .etcdwriter import MARKER_PREFIX, EtcdWriter
-from .records import Layout
+from .etcdwriter import EtcdWriter
+from .records import OWNER, Layout
 from .reflector import Reflector
 from .state import SLIMMERS, DesiredState
 
@@ -227,8 +228,8 @@ class App:
         self.controller.start()
         for reflector in self.reflectors:
             reflector.start()
-        log.info("kube2sky syncing %s into etcd %s (owned keys marked under %s)",
-                 self.state.layout.domain, ",".join(self.args.machines), MARKER_PREFIX)
+        log.info("kube2sky syncing %s into etcd %s (its values carry \"%s\":\"%s\")",
+                 self.state.layout.domain, ",".join(self.args.machines), OWNER_FIELD, OWNER)
 
     def stop(self):
         self.stop_event.set()

@@ -15,6 +15,7 @@ from skydns.record import encode_record, encode_text, fnv1a32_label, name_to_key
 
 HOSTNAMES_ANNOTATION = "endpoints.beta.kubernetes.io/hostnames-map"
 SCHEMA_VERSION = "1.1.0"
+OWNER = "kube2sky"  # in every value written (skydns.record.owned_by): what a reconcile may delete
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -44,13 +45,13 @@ class Layout:
         self.ttl = ttl
 
     def value(self, host, port=0):
-        return encode_record(host, port=port, ttl=self.ttl)
+        return encode_record(host, port=port, ttl=self.ttl, owner=OWNER)
 
     def service_name(self, namespace, name):
         return f"{name}.{namespace}.svc.{self.domain}"
 
     def dns_version(self):
-        return {f"{self.base}/dns-version": encode_text(SCHEMA_VERSION)}
+        return {f"{self.base}/dns-version": encode_text(SCHEMA_VERSION, owner=OWNER)}
 
 
 def meta(obj):
@@ -66,9 +67,10 @@ def _ip(text):
 
 
 def address_leaf(layout, ip):
-    """An address record's value and its kube2sky leaf label (FNV-1a of the value)."""
-    value = layout.value(str(ip))
-    return fnv1a32_label(value), value
+    """An address record's value and its kube2sky leaf label: FNV-1a of the value as the
+    original kube2sky wrote it (without our owner field), so the names stay the same."""
+    host = str(ip)
+    return fnv1a32_label(encode_record(host, ttl=layout.ttl)), layout.value(host)
 
 
 def reverse_key(ip) -> str:

@@ -3,9 +3,11 @@
 The idiom of client-go's reflector: list, watch from the list's resourceVersion, re-watch
 from the last seen resourceVersion when the server ends a watch normally, and relist when
 the version is too old (410 Gone) or the stream breaks. Lists are paged (``limit`` and
-``continue``, LIST_PAGE objects a page, as client-go's pager) and every object is slimmed
-(``state.SLIMMERS``) as its page arrives, so a list of 20,000 pods never holds their full
-specs at once. Events go, as slimmed API JSON, to the controller's queue; this thread keeps
+``continue``, LIST_PAGE objects a page, as client-go's pager); every object is slimmed
+(``state.SLIMMERS``) and every page handed to the controller as it arrives, so a list of
+20,000 pods never holds their full specs at once, and the records of the first pages are
+computed (and written) while the next are fetched. The end of a list names every object
+listed: those the controller holds beyond them were deleted meanwhile. Events go, as slimmed API JSON, to the controller's queue; this thread keeps
 no objects.
 """
 
@@ -20,6 +22,8 @@ from kubernetes.watch.watch import iter_resp_lines
 from kubernetes.client.rest import ApiException
 
 from skydns.etcdsync import Backoff
+
+from .records import meta
 
 log = logging.getLogger("kube2sky.reflector")
 
@@ -81,13 +85,15 @@ class Reflector(threading.Thread):
         API keeps one snapshot across ``continue`` tokens; an expired token is a 410, and
         the list starts over)."""
         started = time.monotonic()
-        items, token, version, pages = [], None, None, 0
+        listed, token, version, pages = set(), None, None, 0
         while True:
             kwargs = {"_continue": token} if token else {}
             response = self.list_func(limit=LIST_PAGE, _preload_content=False,
                                       _request_timeout=LIST_TIMEOUT, **kwargs)
             data = json.loads(response.data)
-            items.extend(self.slim(obj) for obj in data.get("items") or [])
+            items = [self.slim(obj) for obj in data.get("items") or []]
+            listed.update(meta(obj) for obj in items)
+            self.out.put(("page", self.kind, items))  # applied while the next is fetched
             metadata = data.get("metadata") or {}
             version = metadata.get("resourceVersion") or version
             token = metadata.get("continue")
@@ -95,12 +101,12 @@ class Reflector(threading.Thread):
             if not token:
                 break
             if pages % 20 == 0:
-                log.info("listing %s: %d so far (%.1fs)", self.kind, len(items),
+                log.info("listing %s: %d so far (%.1fs)", self.kind, len(listed),
                          time.monotonic() - started)
         self.relists += 1
-        log.info("listed %d %s at resourceVersion %s in %.2fs (%d pages)", len(items),
+        log.info("listed %d %s at resourceVersion %s in %.2fs (%d pages)", len(listed),
                  self.kind, version, time.monotonic() - started, pages)
-        self.out.put(("list", self.kind, items, version))
+        self.out.put(("listed", self.kind, listed, version))
         self.healthy, self.last_error = True, ""
         return version
 

@@ -71,23 +71,38 @@ class DesiredState:
         return {key: owners[min(owners)] for key, owners in self.index.items()}
 
     def _set_owner(self, owner, records) -> dict:
-        """Replace ``owner``'s records; return {key: new winning value or None}."""
+        """Replace ``owner``'s records; return {key: new winning value or None}. One pass
+        over the keys, each looked up once (a sync of 440,000 keys goes through here)."""
         old = self.owned.get(owner, {})
         if old == records:
             return {}
-        before = {key: self.value(key) for key in old.keys() | records.keys()}
-        for key in old.keys() - records.keys():
-            owners = self.index[key]
-            del owners[owner]
-            if not owners:
-                del self.index[key]
+        index, changes = self.index, {}
         for key, value in records.items():
-            self.index.setdefault(key, {})[owner] = value
+            owners = index.get(key)
+            if owners is None:
+                index[key] = {owner: value}
+                changes[key] = value
+                continue
+            was = owners[min(owners)]
+            owners[owner] = value
+            now = owners[min(owners)]
+            if now != was:
+                changes[key] = now
+        if old:
+            for key in old.keys() - records.keys():
+                owners = index[key]
+                was = owners[min(owners)]
+                del owners[owner]
+                if not owners:
+                    del index[key]
+                    changes[key] = None
+                elif owners[min(owners)] != was:
+                    changes[key] = owners[min(owners)]
         if records:
             self.owned[owner] = records
         else:
             self.owned.pop(owner, None)
-        return {key: self.value(key) for key, was in before.items() if self.value(key) != was}
+        return changes
 
     def _report(self, owner, problems):
         if problems and self.problems.get(owner) != problems:
@@ -214,14 +229,25 @@ class DesiredState:
 
     def replace(self, kind, objects) -> dict:
         """A fresh list of one kind: apply deletions and changes, return the difference."""
-        setter, deleter = self._handlers(kind)
+        changes = self.apply_page(kind, objects)
+        changes.update(self.end_list(kind, {meta(o) for o in objects}))
+        return changes
+
+    def apply_page(self, kind, objects) -> dict:
+        """One page of a fresh list: every object set, none deleted yet."""
+        setter, _ = self._handlers(kind)
         changes = {}
-        listed = {meta(o) for o in objects}
+        for obj in objects:
+            changes.update(setter(obj))
+        return changes
+
+    def end_list(self, kind, listed) -> dict:
+        """The list is complete: delete the objects held that it did not name."""
+        _, deleter = self._handlers(kind)
+        changes = {}
         for key, obj in list(self._current(kind).items()):
             if key not in listed:
                 changes.update(deleter(obj))
-        for obj in objects:
-            changes.update(setter(obj))
         return changes
 
     def handle(self, kind, event_type, obj) -> dict:

@@ -89,6 +89,10 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "kubeemu"
+    # Headers and body go out in two writes (and a watch writes one chunk per event): with
+    # Nagle on, the second waits for the client's delayed ACK, ~40 ms on every request of a
+    # kept-alive connection, which is what the kubernetes client's pool uses.
+    disable_nagle_algorithm = True
     server: _Server
 
     # -- plumbing ------------------------------------------------------------------------
@@ -361,6 +365,8 @@ def _resource_list(group: str, version: str) -> dict[str, Any]:
 
 
 def _matcher(label_selector: str | None, field_selector: str | None):
+    if not label_selector and not field_selector:
+        return None  # everything (and the store can count what remains of a paged list)
     try:
         return selector_matcher(label_selector, field_selector)
     except SelectorError as exc:

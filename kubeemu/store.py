@@ -16,6 +16,7 @@ step with the Endpoints they mirror.
 from __future__ import annotations
 
 import base64
+import bisect
 import collections
 import copy
 import json
@@ -151,21 +152,32 @@ class Store:
                         "The provided continue parameter is too old to display a consistent "
                         "list result. You can start a new list without the continue "
                         "parameter.")
-            items = []
-            for key in sorted(self._objects[res.name]):
+            objects = self._objects[res.name]
+            keys = sorted(objects)
+            first = 0 if start is None else bisect.bisect_right(keys, start)
+            want = limit if limit and limit > 0 else None
+            items, position = [], first
+            # A page reads from where the last one ended, up to one item past the limit
+            # (which says whether there is more): not every object again for every page.
+            for position in range(first, len(keys)):
+                key = keys[position]
                 if res.namespaced and namespace and key[0] != namespace:
                     continue
-                if start is not None and key <= start:
-                    continue
-                obj = self._objects[res.name][key]
+                obj = objects[key]
                 if match(obj):
                     items.append((key, obj))
+                    if want is not None and len(items) > want:
+                        break
             token_out = remaining = None
-            if limit and limit > 0 and len(items) > limit:
-                remaining = len(items) - limit
-                items = items[:limit]
+            if want is not None and len(items) > want:
+                items = items[:want]
                 token_out = base64.urlsafe_b64encode(json.dumps(
                     {"rv": list_rv, "start": list(items[-1][0])}).encode()).decode()
+                if match is _match_all:  # as the API: only without selectors
+                    end = len(keys)
+                    if res.namespaced and namespace:  # keys sort by namespace first
+                        end = bisect.bisect_right(keys, (namespace, chr(0x10FFFF)))
+                    remaining = end - position
             return [copy.deepcopy(obj) for _, obj in items], str(list_rv), token_out, remaining
 
     # -- writes --------------------------------------------------------------------------

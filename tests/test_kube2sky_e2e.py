@@ -44,11 +44,23 @@ ETCDCTL = os.path.join(BIN, "etcdctl")
 # -- the expected records, written out from the reference's table -------------------------
 
 def val(host, port=0):
+    return encode_record(host, port=port, ttl=30, owner="kube2sky")
+
+
+def plain(host, port=0):
+    """A value as the original kube2sky (and other writers) write it: no owner field."""
     return encode_record(host, port=port, ttl=30)
 
 
+def plain_of(value):
+    """``value`` without our owner field."""
+    fields = json.loads(value)
+    fields.pop("owner")
+    return json.dumps(fields, separators=(",", ":"))
+
+
 def lbl(ip):
-    return fnv1a32_label(val(ip))
+    return fnv1a32_label(encode_record(ip, ttl=30))  # the original kube2sky's hash
 
 
 def ptr_key(ip):
@@ -88,7 +100,7 @@ def external_keys(ns, name, target):
 
 # What every fresh emulator holds: default/kubernetes (10.96.0.1, https 443), dns-version.
 BASELINE = {**cluster_ip_keys("default", "kubernetes", "10.96.0.1", [("https", 443, "tcp")]),
-            f"{BASE}/dns-version": encode_text("1.1.0")}
+            f"{BASE}/dns-version": encode_text("1.1.0", owner="kube2sky")}
 
 
 # -- etcd and DNS helpers ------------------------------------------------------------------
@@ -114,14 +126,15 @@ def marker_keys(etcd):
 
 def wait_etcd_equals(etcd, expected, timeout=20.0, extra=None):
     """Wait until everything under /skydns/ (minus ``extra`` foreign keys, which must be
-    there unchanged) equals ``expected``; the markers must name exactly these keys."""
+    there unchanged) equals ``expected`` (whose values carry kube2sky's owner field); no
+    ownership marker of older versions is left."""
     extra = extra or {}
     state = {}
 
     def check():
         state["actual"] = skydns_keys(etcd)
         state["markers"] = marker_keys(etcd)
-        return state["actual"] == {**expected, **extra} and state["markers"] == expected
+        return state["actual"] == {**expected, **extra} and not state["markers"]
     try:
         wait_for(check, timeout=timeout, interval=0.1, what="etcd to equal the desired state")
     except TimeoutError:
@@ -129,9 +142,8 @@ def wait_etcd_equals(etcd, expected, timeout=20.0, extra=None):
         want = {**expected, **extra}
         missing = {k: v for k, v in want.items() if actual.get(k) != v}
         stale = {k: v for k, v in actual.items() if k not in want}
-        bad_markers = set(markers.items()) ^ set(expected.items())
         raise AssertionError(f"etcd differs from the desired state:\nmissing/wrong: {missing}"
-                             f"\nstale: {stale}\nmarker differences: {bad_markers}") from None
+                             f"\nstale: {stale}\nmarkers left: {markers}") from None
 
 
 def answer(sky, name, rdtype="A"):
@@ -638,10 +650,10 @@ def test_etcd_holds_exactly_the_desired_records(fresh):
     # a hand-checked sample of the layout (reference check value for a 10.0.0.1 host aside)
     assert expected[f"{BASE}/svc/exact/web/_tcp/_http/{lbl('10.96.10.10')}"] == (
         '{"host":"web.exact.svc.cluster.local.","port":80,"priority":10,"weight":10,'
-        '"ttl":30,"targetstrip":0}')
+        '"ttl":30,"targetstrip":0,"owner":"kube2sky"}')
     assert expected["/skydns/arpa/in-addr/10/244/1/5"] == (
         '{"host":"pg-0.db.exact.svc.cluster.local.","priority":10,"weight":10,"ttl":30,'
-        '"targetstrip":0}')
+        '"targetstrip":0,"owner":"kube2sky"}')
     f.kube2sky()
     wait_etcd_equals(f.etcd, expected)
 
@@ -729,8 +741,8 @@ def test_restart_makes_etcd_exact(fresh):
         {"name": "http", "port": 80}])
     kube.service(ns, "new", [{"name": "grpc", "port": 9000}], cluster_ip="10.96.10.12")
     kube.core.patch_namespaced_service("ext", ns, {"spec": {"externalName": "other.example."}})
-    many = {}     # enough keys for several etcd transactions (64 keys + markers each)
-    for i in range(40):
+    many = {}     # enough keys for several etcd transactions (128 keys each)
+    for i in range(100):
         kube.service(ns, f"bulk{i}", [{"name": "http", "port": 80}],
                      cluster_ip=f"10.96.11.{i + 1}")
         many.update(cluster_ip_keys(ns, f"bulk{i}", f"10.96.11.{i + 1}",
@@ -778,13 +790,15 @@ def test_keys_of_other_writers_survive_reconcile_and_restart(fresh):
     f = fresh()
     ns = "owners"
     foreign = {
-        f"{BASE}/svc/default/manual/x": val("192.0.2.1"),
-        # looks like kube2sky's (a service's hash leaf, a PTR, a pod) but carries no marker
-        f"{BASE}/svc/{ns}/gone/{lbl('10.96.40.9')}": val("10.96.40.9"),
-        f"{BASE}/svc/{ns}/web/manual": val("192.0.2.2"),
-        ptr_key("10.96.40.8"): val(f"gone.{ns}.svc.{DOMAIN}."),
-        f"{BASE}/pod/{ns}/10-244-40-1/{lbl('10.244.40.1')}": val("10.244.40.1"),
-        "/skydns/local/other/x": val("192.0.2.3"),
+        f"{BASE}/svc/default/manual/x": plain("192.0.2.1"),
+        # looks like kube2sky's (a service's hash leaf, a PTR, a pod) but has no owner field
+        f"{BASE}/svc/{ns}/gone/{lbl('10.96.40.9')}": plain("10.96.40.9"),
+        f"{BASE}/svc/{ns}/web/manual": plain("192.0.2.2"),
+        ptr_key("10.96.40.8"): plain(f"gone.{ns}.svc.{DOMAIN}."),
+        f"{BASE}/pod/{ns}/10-244-40-1/{lbl('10.244.40.1')}": plain("10.244.40.1"),
+        "/skydns/local/other/x": plain("192.0.2.3"),
+        # another writer's own owner field
+        f"{BASE}/svc/{ns}/gone/other": encode_record("192.0.2.4", ttl=30, owner="someone"),
     }
     etcd = f.etcd.client()
     try:
@@ -802,6 +816,32 @@ def test_keys_of_other_writers_survive_reconcile_and_restart(fresh):
     k2s.start()
     time.sleep(0.5)   # the reconcile after the first sync would have deleted them by now
     wait_etcd_equals(f.etcd, BASELINE, extra=foreign)
+
+
+def test_an_etcd_written_with_ownership_markers_is_converted(fresh):
+    """What an older kube2sky left (values without the owner field, a marker key beside
+    each): desired keys are rewritten with the owner field, marked keys no longer desired
+    are deleted, every marker goes, and unmarked keys of other writers stay."""
+    f = fresh()
+    ns = "convert"
+    f.kube.service(ns, "web", [{"name": "http", "port": 80}], cluster_ip="10.96.41.1")
+    web = cluster_ip_keys(ns, "web", "10.96.41.1", [("http", 80, "tcp")])
+    old_style = {key: plain_of(value) for key, value in {**BASELINE, **web}.items()}
+    gone = {f"{BASE}/svc/{ns}/gone/{lbl('10.96.41.9')}": plain("10.96.41.9")}
+    foreign = {f"{BASE}/svc/{ns}/manual/x": plain("192.0.2.9")}
+    etcd = f.etcd.client()
+    try:
+        for key, value in {**old_style, **gone}.items():
+            etcd.put(key, value)
+            etcd.put(MARKERS + key, value)
+        for key, value in foreign.items():
+            etcd.put(key, value)
+    finally:
+        etcd.close()
+    k2s = f.kube2sky()
+    wait_etcd_equals(f.etcd, {**BASELINE, **web}, extra=foreign)
+    assert "converting 8 keys from ownership markers to the owner field" in \
+        open(k2s.logpath).read()
 
 
 # -- 6. shared owners ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def value(host, port=0):
     fields = {"host": host}
     if port:
         fields["port"] = port
-    fields.update(priority=10, weight=10, ttl=30, targetstrip=0)
+    fields.update(priority=10, weight=10, ttl=30, targetstrip=0, owner="kube2sky")
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -171,4 +171,4 @@ def test_relist_removes_vanished_objects_and_dns_version_is_always_there():
     state.replace("services", [svc("a"), svc("b", cluster_ip="10.0.0.2")])
     changes = state.replace("services", [svc("a")])
     assert set(changes.values()) == {None}
-    assert state.desired()[f"{BASE}/dns-version"] == '{"text":"1.1.0"}'
+    assert state.desired()[f"{BASE}/dns-version"] == '{"text":"1.1.0","owner":"kube2sky"}'

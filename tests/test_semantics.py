@@ -1090,8 +1090,27 @@ def test_fnv1a32_label(host, label):
     assert R.encode_record(host) == value
 
 
+@pytest.mark.parametrize("host,port,priority,weight,ttl,targetstrip,owner", [
+    ("10.0.0.1", 0, 10, 10, 30, 0, None), ("web.ns.svc.cluster.local.", 80, 10, 10, 30, 0, None),
+    ("h", 0, 1, 2, 3, 4, "kube2sky"), ("", 0, 10, 10, 0, 0, None),
+    ('quote" back\\slash \u00e9 \n', 65535, 0, 0, 0, 1, 'o"wner')])
+def test_encode_record_is_json_dumps(host, port, priority, weight, ttl, targetstrip, owner):
+    """Assembled by hand for speed, but the same text as json.dumps of the fields."""
+    fields = {"host": host, **({"port": port} if port else {}), "priority": priority,
+              "weight": weight, "ttl": ttl, "targetstrip": targetstrip,
+              **({"owner": owner} if owner is not None else {})}
+    assert R.encode_record(host, port, priority, weight, ttl, targetstrip, owner) == \
+        json.dumps(fields, separators=(",", ":"))
+
+
 def test_encode_record_port():
     assert R.encode_record("web.ns.svc.cluster.local.", 80) == \
         '{"host":"web.ns.svc.cluster.local.","port":80,"priority":10,"weight":10,"ttl":30,' \
         '"targetstrip":0}'
     assert R.encode_text("1.1.0") == '{"text":"1.1.0"}'
+    assert R.encode_text("1.1.0", owner="kube2sky") == '{"text":"1.1.0","owner":"kube2sky"}'
+    owned = R.encode_record("10.0.0.1", owner="kube2sky")
+    assert owned.endswith(',"owner":"kube2sky"}') and R.owned_by(owned, "kube2sky")
+    assert not R.owned_by(R.encode_record("10.0.0.1"), "kube2sky")
+    assert not R.owned_by(R.encode_record("10.0.0.1", owner="kube2sky-not"), "kube2sky")
+    assert R.parse_record("/skydns/local/a", owned).host == "10.0.0.1"  # served unchanged
