@@ -303,13 +303,12 @@ def run_kube2sky(a, name: str, tmp: Path, procs: list[Proc], api_url: str,
     deadline = time.monotonic() + 3
     match = None
     while time.monotonic() < deadline:
-        match = SYNC_LINE.search(proc.logpath.read_text(errors="replace"))
+        text = proc.logpath.read_text(errors="replace")
+        match = SYNC_LINE.search(text)
         if match:
             break
         time.sleep(0.05)
-    phases = [line.split(": ", 1)[-1] for line in
-              proc.logpath.read_text(errors="replace").splitlines()
-              if PHASE_LINE.search(line)]
+    phases = [line.split(": ", 1)[-1] for line in text.splitlines() if PHASE_LINE.search(line)]
     for line in phases:
         log(f"  {name} log: {line}")
     if match:

@@ -42,14 +42,16 @@ class Controller(threading.Thread):
         self._next_reconcile = 0.0
         self.reconcile_error = ""     # why the last reconcile could not read etcd, if it failed
         self._snapshot = None        # (ours, actual, marked) read at start, until the 1st reconcile
-        self._snapshot_read = None   # the snapshot as read, until this thread takes it over
-        self._snapshot_done = threading.Event()
+        self._snapshot_pending = True  # its read has not reached the queue yet
         self._early = {}             # changes sent before the snapshot arrived
         self._starting = True        # until the first reconcile: the snapshot is in use
         self._list_seconds = {}      # kind -> seconds spent applying its list's pages
 
     def _read_snapshot(self):
+        """In its own thread; the result goes through the queue, so only the controller
+        thread ever touches the snapshot."""
         started = time.monotonic()
+        snapshot = None
         try:
             snapshot = self.writer.read_state()
         except Exception as exc:  # the first reconcile reads (and retries) itself
@@ -58,19 +60,17 @@ class Controller(threading.Thread):
         else:
             log.info("read %d keys from etcd in %.2fs (%d of them ours)", len(snapshot[1]),
                      time.monotonic() - started, len(snapshot[0]))
-            self._snapshot_read = snapshot
-        self._snapshot_done.set()
+        self.queue.put(("snapshot", snapshot))
 
-    def _adopt_snapshot(self):
-        """Take over the snapshot once read, with what was sent meanwhile applied to it
-        (the read may have missed those writes): a later deletion of such a key must
-        still reach etcd."""
-        snapshot, self._snapshot_read = self._snapshot_read, None
-        if snapshot is not None:
+    def _adopt_snapshot(self, snapshot):
+        """Take over the snapshot, with what was sent meanwhile applied to it (the read
+        may have missed those writes): a later deletion of such a key must still reach
+        etcd."""
+        self._snapshot_pending = False
+        if snapshot is not None and self._starting:
             self._snapshot = snapshot
             self._note(snapshot, self._early)
-            self._early = {}
-        return self._snapshot
+        self._early = {}
 
     @staticmethod
     def _note(snapshot, changes):
@@ -86,15 +86,13 @@ class Controller(threading.Thread):
     def _send(self, changes):
         """Submit ``changes``; while the snapshot stands, keep it equal to what etcd will
         hold, and leave out what it holds already."""
-        if self._starting:
-            snapshot = self._adopt_snapshot()
-            if snapshot is not None:
-                actual = snapshot[1]
-                changes = {key: value for key, value in changes.items()
-                           if actual.get(key) != value or (value is None and key in actual)}
-                self._note(snapshot, changes)
-            else:  # applied to the snapshot when it arrives
-                self._early.update(changes)
+        if self._snapshot is not None:
+            actual = self._snapshot[1]
+            changes = {key: value for key, value in changes.items()
+                       if actual.get(key) != value}
+            self._note(self._snapshot, changes)
+        elif self._snapshot_pending:  # applied to the snapshot when it arrives
+            self._early.update(changes)
         self.writer.submit(changes)
 
     @property
@@ -127,6 +125,9 @@ class Controller(threading.Thread):
         # lists); without a snapshot, nothing until the reconcile, which writes only what
         # differs from etcd (a restart against an etcd in sync writes nothing). A relist's
         # changes are real differences and go out at once, as events do.
+        if item[0] == "snapshot":
+            self._adopt_snapshot(item[1])
+            return
         if item[0] == "page":
             _, kind, items = item
             started = time.monotonic()
@@ -135,7 +136,7 @@ class Controller(threading.Thread):
                 time.monotonic() - started
             if not self._starting:
                 self._send(changes)
-            elif self._adopt_snapshot() is not None:
+            elif self._snapshot is not None:
                 self._send({key: value for key, value in changes.items()
                             if value is not None})
             return
@@ -160,11 +161,10 @@ class Controller(threading.Thread):
         self._send(changes)
 
     def _reconcile(self):
-        if not self._snapshot_done.is_set():
+        if self._snapshot_pending:
             return  # the start-up read is still going: it spares the reconcile its own
         started = time.monotonic()
-        snapshot = self._adopt_snapshot() if self._starting else None
-        self._starting, self._snapshot, self._early = False, None, {}
+        snapshot, self._snapshot, self._starting = self._snapshot, None, False
         try:
             count = self.writer.reconcile(self.state.desired(), snapshot)
         except Exception as exc:

@@ -158,7 +158,8 @@ class Store:
             want = limit if limit and limit > 0 else None
             items, position = [], first
             # A page reads from where the last one ended, up to one item past the limit
-            # (which says whether there is more): not every object again for every page.
+            # (which says whether there is more): not every object's match and copy again
+            # for every page (the keys are still sorted each time).
             for position in range(first, len(keys)):
                 key = keys[position]
                 if res.namespaced and namespace and key[0] != namespace:

@@ -138,8 +138,7 @@ def test_a_change_sent_before_the_start_up_snapshot_arrives_is_applied_to_it(etc
     writer = writer_for(etcd)  # threads not started: submissions stay pending
     controller = Controller(DesiredState(Layout()), writer, ["services"], threading.Event())
     controller._send({"/skydns/x/early": ours(1), "/skydns/x/held": ours(2)})
-    controller._snapshot_read = ({"/skydns/x/held"}, {"/skydns/x/held": ours(2)}, set())
-    controller._snapshot_done.set()
+    controller._apply(("snapshot", ({"/skydns/x/held"}, {"/skydns/x/held": ours(2)}, set())))
     writer._pending.clear()
     controller._send({"/skydns/x/early": None, "/skydns/x/held": ours(2),
                       "/skydns/x/new": ours(3)})
