@@ -603,14 +603,20 @@ def report(a, res: dict) -> None:
     if k:
         read_s, read_keys, read_bytes = res["bare_read"]
         rows.append(("skydns cold load, start to /healthz 200",
-                     f"{k['seconds']:.2f} s", f"bare etcd3 get_prefix('/skydns/') of "
+                     f"{k['seconds']:.2f} s (with an empty etcd: "
+                     f"{res['skydns_empty']['seconds']:.2f} s)",
+                     f"bare etcd3 get_prefix('/skydns/') of "
                      f"{read_keys} keys ({read_bytes / 1e6:.1f} MB): {read_s:.2f} s; ratio "
                      f"{k['seconds'] / read_s:.1f}x",
                      f"<= {TARGETS['skydns_load_s']:g} s "
                      f"{verdict(k['seconds'] <= TARGETS['skydns_load_s'])}"))
         rss = mib(k["vmrss_kib"])
+        empty = res["skydns_empty"]
+        per_record = (k["vmrss_kib"] - empty["vmrss_kib"]) * 1024 / max(1, read_keys)
         rows.append(("skydns VmRSS when /healthz is 200",
-                     f"{rss:.1f} MiB (peak VmHWM {mib(k['vmhwm_kib']):.1f} MiB)",
+                     f"{rss:.1f} MiB (peak VmHWM {mib(k['vmhwm_kib']):.1f} MiB); "
+                     f"{per_record:.0f} B per record over an empty store's "
+                     f"{mib(empty['vmrss_kib']):.1f} MiB",
                      f"CoreDNS formula: {coredns:.1f} MB",
                      f"<= {TARGETS['skydns_rss_mib']:g} MiB "
                      f"{verdict(rss <= TARGETS['skydns_rss_mib'])}"))
@@ -699,6 +705,15 @@ def run(a, tmp: Path, procs: list[Proc]) -> dict:
     res["bare_read"] = bare_read(etcd_port)
     log(f"bare etcd range read of {res['bare_read'][1]} keys: {res['bare_read'][0]:.2f} s; "
         f"starting skydns")
+    (tmp / "empty").mkdir()
+    empty, empty_port = start_etcd(tmp / "empty", None)
+    procs.append(empty)
+    bare_sky, _, res["skydns_empty"] = start_skydns(a, tmp, procs, empty_port)
+    for proc in (bare_sky, empty):
+        proc.stop()
+        procs.remove(proc)
+    log(f"skydns with an empty store: VmRSS {mib(res['skydns_empty']['vmrss_kib']):.1f} MiB, "
+        f"/healthz 200 after {res['skydns_empty']['seconds']:.2f} s")
     sky, dns_port, res["skydns"] = start_skydns(a, tmp, procs, etcd_port)
     log(f"skydns (pid {sky.pid}) /healthz 200 after {res['skydns']['seconds']:.2f} s, VmRSS "
         f"{mib(res['skydns']['vmrss_kib']):.1f} MiB")

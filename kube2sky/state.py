@@ -55,53 +55,78 @@ class DesiredState:
         self.slice_owner = {}   # (ns, slice name) -> service name it was filed under
         self.pods = {}          # (ns, name) -> Pod
         self.owned = {}         # owner -> {key: value}
-        self.index = {}         # key -> {owner: value}
+        self.index = {}         # key -> its only owner, or {owner: value} (see _set_owner)
         self.problems = {}      # owner -> last problems logged (log each once)
         self._set_owner(("~", "dns-version"), layout.dns_version())
 
     # -- the index -----------------------------------------------------------------------
 
     def value(self, key):
-        owners = self.index.get(key)
-        if not owners:
+        entry = self.index.get(key)
+        if entry is None:
             return None
-        return owners[min(owners)]
+        if entry.__class__ is dict:
+            return entry[min(entry)]
+        return self.owned[entry][key]
 
     def desired(self) -> dict:
-        return {key: owners[min(owners)] for key, owners in self.index.items()}
+        out = {}
+        for owner, records in self.owned.items():
+            out.update(records)
+        for key, owners in self.index.items():  # keys several owners want: the first wins
+            if owners.__class__ is dict:
+                out[key] = owners[min(owners)]
+        return out
 
     def _set_owner(self, owner, records) -> dict:
         """Replace ``owner``'s records; return {key: new winning value or None}. One pass
-        over the keys, each looked up once (a sync of 440,000 keys goes through here)."""
+        over the keys, each looked up once (a sync of 440,000 keys goes through here).
+
+        ``index`` maps a key to its only owner (nearly every key: its value is in
+        ``owned[owner]``), or to {owner: value} when several owners want it; a dict per
+        key would double kube2sky's memory."""
         old = self.owned.get(owner, {})
         if old == records:
             return {}
-        index, changes = self.index, {}
+        index, owned, changes = self.index, self.owned, {}
         for key, value in records.items():
-            owners = index.get(key)
-            if owners is None:
-                index[key] = {owner: value}
+            entry = index.get(key)
+            if entry is None:
+                index[key] = owner
                 changes[key] = value
-                continue
-            was = owners[min(owners)]
-            owners[owner] = value
-            now = owners[min(owners)]
-            if now != was:
-                changes[key] = now
+            elif entry.__class__ is dict:
+                was = entry[min(entry)]
+                entry[owner] = value
+                now = entry[min(entry)]
+                if now != was:
+                    changes[key] = now
+            elif entry == owner:  # ours alone
+                if old[key] != value:
+                    changes[key] = value
+            else:  # another owner's alone until now: shared from here on
+                was = owned[entry][key]
+                entry = index[key] = {entry: was, owner: value}
+                now = entry[min(entry)]
+                if now != was:
+                    changes[key] = now
         if old:
             for key in old.keys() - records.keys():
-                owners = index[key]
-                was = owners[min(owners)]
-                del owners[owner]
-                if not owners:
+                entry = index[key]
+                if entry.__class__ is not dict:  # ours alone
                     del index[key]
                     changes[key] = None
-                elif owners[min(owners)] != was:
-                    changes[key] = owners[min(owners)]
+                    continue
+                was = entry[min(entry)]
+                del entry[owner]
+                now = entry[min(entry)]
+                if len(entry) == 1:
+                    index[key] = next(iter(entry))  # one owner again
+                if now != was:
+                    changes[key] = now
         if records:
-            self.owned[owner] = records
+            owned[owner] = records
         else:
-            self.owned.pop(owner, None)
+            owned.pop(owner, None)
         return changes
 
     def _report(self, owner, problems):

@@ -167,8 +167,8 @@ class Authority:
             return None
         seen = set()
         records = []
-        for node in nodes:
-            for _, record in self.store.subtree(node, skip_underscore=not srv):
+        for found_labels, node in nodes:
+            for _, record in self.store.subtree(node, found_labels, skip_underscore=not srv):
                 identity = record.identity()
                 if identity in seen:
                     continue
@@ -412,7 +412,7 @@ class Authority:
         self.depend(labels, result, node is not None)
         if node is None:
             raise NameNotFound()
-        record = node.record
+        record = self.store.record_at(node, labels)
         if record is None or record.target is None:
             return []
         return [(qname, T.CNAME, self.ttl(record, result), record.target)]
@@ -457,10 +457,11 @@ class Authority:
         types = set()
         if qname == self.domain:
             types |= {T.SOA, T.NS, T.DNSKEY, T.NSEC3PARAM}
-        node = self.store.node(labels_of(qname))
+        labels = labels_of(qname)
+        node = self.store.node(labels)
         if node is None:
             return types
-        for rel, record in self.store.subtree(node):
+        for rel, record in self.store.subtree(node, labels):
             underscore = any(label.startswith("_") for label in rel)
             if record.family == 4 and not underscore:
                 types.add(T.A)

@@ -143,7 +143,8 @@ class Resolver:
         if self._stubs is None:
             stubs = {}
             node = self.store.node(self.config.stub_labels)
-            for rel, record in (self.store.subtree(node) if node else []):
+            subtree = self.store.subtree(node, self.config.stub_labels) if node else []
+            for rel, record in subtree:
                 if len(rel) < 2 or record.ip is None:
                     continue
                 zone = dns.name.from_text(".".join(reversed(rel[:-1])) + ".")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -172,3 +173,36 @@ def test_relist_removes_vanished_objects_and_dns_version_is_always_there():
     changes = state.replace("services", [svc("a")])
     assert set(changes.values()) == {None}
     assert state.desired()[f"{BASE}/dns-version"] == '{"text":"1.1.0","owner":"kube2sky"}'
+
+
+def test_owner_index_agrees_with_a_plain_model_through_random_changes():
+    """The index keeps a key's only owner bare and a dict only for shared keys; whatever
+    the order of changes, the winners, the reported differences and ``desired()`` are
+    those of the plain model: every key's {owner: value}, the smallest owner wins."""
+    rng = random.Random(1203)
+    owners = [("pod", "ns", f"p{i}") for i in range(5)] + [("svc", "ns", "s0")]
+    keys = [f"/k{i}" for i in range(8)]
+    state = DesiredState(L)
+    model = {}  # owner -> records
+
+    def winners():
+        out = {}
+        for owner in sorted(model, reverse=True):
+            out.update(model[owner])
+        return out
+    base = dict(state.desired())
+    for _ in range(2000):
+        owner = rng.choice(owners)
+        records = {key: rng.choice(["a", "b"]) for key in rng.sample(keys, rng.randrange(4))}
+        before = winners()
+        if records:
+            model[owner] = records
+        else:
+            model.pop(owner, None)
+        after = winners()
+        want = {key: after.get(key) for key in before.keys() | after.keys()
+                if before.get(key) != after.get(key)}
+        assert state._set_owner(owner, records) == want
+        assert state.desired() == {**base, **after}
+        assert all(state.value(key) == after.get(key) for key in keys)
+    assert any(entry.__class__ is dict for entry in state.index.values())

@@ -81,7 +81,7 @@ def test_label_boundaries_and_subtree():
         "/skydns/local/skydns/dom1/b": '{"host":"10.0.0.3"}',
     })
     node = store.node(("local", "skydns", "dom"))
-    hosts = [r.host for _, r in store.subtree(node)]
+    hosts = [r.host for _, r in store.subtree(node, ("local", "skydns", "dom"))]
     assert hosts == ["10.0.0.1", "10.0.0.2"]
     assert store.node(("local", "skydns", "do")) is None
 
@@ -93,7 +93,10 @@ def test_wildcard_match_and_underscore_skip():
         "/skydns/local/skydns/b/_tcp/_http/x": '{"host":"b.skydns.local","port":80}',
     })
     nodes = store.match(("local", "skydns", "*", "x"))
-    assert sorted(n.record.host for n in nodes) == ["10.0.0.1", "10.0.0.2"]
+    assert sorted(store.record_at(n, labels).host for labels, n in nodes) == [
+        "10.0.0.1", "10.0.0.2"]
+    assert sorted(labels for labels, _ in nodes) == [
+        ("local", "skydns", "a", "x"), ("local", "skydns", "b", "x")]
     b = store.node(("local", "skydns", "b"))
     assert len(store.subtree(b)) == 2
     assert len(store.subtree(b, skip_underscore=True)) == 1
