@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 
-from skydns.etcdsync import Backoff
+from skydns.etcdsync import Backoff, return_freed_memory
 
 log = logging.getLogger("kube2sky")
 
@@ -118,6 +118,7 @@ class Controller(threading.Thread):
                 log.info("initial sync done in %.1fs: %d keys desired, %d written, "
                          "%d deleted", time.monotonic() - self.started,
                          len(self.state.index), self.writer.written, self.writer.deleted)
+                return_freed_memory()  # the snapshot and the list pages are gone by now
 
     def _apply(self, item):
         # At start a list's changes are everything (the state was empty): only what the

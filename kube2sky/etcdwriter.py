@@ -156,6 +156,10 @@ class EtcdWriter:
                         batch[key] = value
                 for key, value in busy:
                     pending[key] = value
+                if not pending:
+                    # Drained: a dict never shrinks, and the table that held a sync's
+                    # 440,000 changes would stay (23 MB) for good. A new one costs ~1 us.
+                    self._pending = collections.OrderedDict()
                 if batch:
                     in_flight.update(batch)
                     return batch

@@ -7,6 +7,7 @@ kube2sky's (see the README's record layout); the format itself comes from skydns
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -59,18 +60,33 @@ def meta(obj):
     return metadata.get("namespace") or "", metadata.get("name") or ""
 
 
+# An endpoint change recomputes every address of its service: the addresses seen last are
+# remembered parsed and hashed (FNV-1a in Python is ~10 us a value), a few MB at most.
+RECENT_ADDRESSES = 8192
+
+
 def _ip(text):
     try:
-        return ipaddress.ip_address(text)
-    except (TypeError, ValueError):
+        return _parse_ip(text)
+    except (TypeError, ValueError):  # unhashable (an odd object) or not an address
         return None
+
+
+@functools.lru_cache(maxsize=RECENT_ADDRESSES)
+def _parse_ip(text):
+    return ipaddress.ip_address(text)
 
 
 def address_leaf(layout, ip):
     """An address record's value and its kube2sky leaf label: FNV-1a of the value as the
     original kube2sky wrote it (without our owner field), so the names stay the same."""
-    host = str(ip)
-    return fnv1a32_label(encode_record(host, ttl=layout.ttl)), layout.value(host)
+    return _address_leaf(str(ip), layout.ttl)
+
+
+@functools.lru_cache(maxsize=RECENT_ADDRESSES)
+def _address_leaf(host, ttl):
+    return (fnv1a32_label(encode_record(host, ttl=ttl)),
+            encode_record(host, ttl=ttl, owner=OWNER))
 
 
 def reverse_key(ip) -> str:

@@ -19,17 +19,55 @@ log = logging.getLogger("kube2sky.state")
 SERVICE_LABEL = "kubernetes.io/service-name"
 
 
+# What the records read of a Service's spec, of its ports, and of a slice's endpoints.
+SERVICE_SPEC = ("type", "clusterIP", "clusterIPs", "externalName", "ports",
+                "publishNotReadyAddresses")
+PORT_FIELDS = ("name", "port", "protocol")
+NOT_READY = {"ready": False}  # shared by every not-ready endpoint (never changed)
+
+
 def slim(obj: dict) -> dict:
-    """What the records need of an object: no managedFields, owner references or unrelated
-    annotations (big clusters carry kilobytes of those per object)."""
+    """What the records need of an object: no managedFields, owner references, unrelated
+    annotations or spec fields (big clusters carry kilobytes of those per object). The
+    result has the API's shape (slimming it again changes nothing): services, slices and
+    pods are held for as long as they exist, 35,000 of them in a big cluster."""
     metadata = obj.get("metadata") or {}
     kept = {k: metadata[k] for k in ("namespace", "name", "labels") if k in metadata}
     hostnames = (metadata.get("annotations") or {}).get(HOSTNAMES_ANNOTATION)
     if hostnames:
         kept["annotations"] = {HOSTNAMES_ANNOTATION: hostnames}
-    out = {k: v for k, v in obj.items() if k in ("spec", "subsets", "endpoints", "ports",
-                                                   "addressType")}
+    out = {k: v for k, v in obj.items() if k in ("subsets", "addressType")}
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        out["spec"] = {k: spec[k] for k in SERVICE_SPEC if k in spec}
+        if isinstance(spec.get("ports"), list):
+            out["spec"]["ports"] = [_slim_port(p) for p in spec["ports"]]
+    elif spec is not None:
+        out["spec"] = spec
+    if "ports" in obj:
+        out["ports"] = ([_slim_port(p) for p in obj["ports"]]
+                        if isinstance(obj["ports"], list) else obj["ports"])
+    if "endpoints" in obj:
+        out["endpoints"] = ([_slim_endpoint(e) for e in obj["endpoints"]]
+                            if isinstance(obj["endpoints"], list) else obj["endpoints"])
     out["metadata"] = kept
+    return out
+
+
+def _slim_port(port):
+    return {k: port[k] for k in PORT_FIELDS if k in port} if isinstance(port, dict) else port
+
+
+def _slim_endpoint(endpoint):
+    """A slice endpoint: its addresses, hostname and readiness (absent means ready)."""
+    if not isinstance(endpoint, dict):
+        return endpoint
+    out = {"addresses": endpoint.get("addresses")}
+    if endpoint.get("hostname"):
+        out["hostname"] = endpoint["hostname"]
+    ready = (endpoint.get("conditions") or {}).get("ready")
+    if ready is not None and not ready:
+        out["conditions"] = NOT_READY
     return out
 
 
@@ -37,8 +75,11 @@ def slim_pod(obj: dict) -> dict:
     """What a pod's records need: thousands of pods must not cost their full specs."""
     ns, name = meta(obj)
     status = obj.get("status") or {}
-    return {"metadata": {"namespace": ns, "name": name},
-            "status": {"podIP": status.get("podIP"), "podIPs": status.get("podIPs")}}
+    kept = {"podIP": status.get("podIP")}
+    pod_ips = status.get("podIPs")
+    if pod_ips != [{"ip": kept["podIP"]}]:  # the usual single-stack pod says it twice
+        kept["podIPs"] = pod_ips
+    return {"metadata": {"namespace": ns, "name": name}, "status": kept}
 
 
 SLIMMERS = {"services": slim, "endpoints": slim, "endpointslices": slim, "pods": slim_pod}
