@@ -80,15 +80,17 @@ def _parse_ip(text):
 def address_leaf(layout, ip):
     """An address record's value and its kube2sky leaf label: FNV-1a of the value as the
     original kube2sky wrote it (without our owner field), so the names stay the same."""
-    return _address_leaf(str(ip), layout.ttl)
+    return _address_leaf(ip, layout.ttl)
 
 
 @functools.lru_cache(maxsize=RECENT_ADDRESSES)
-def _address_leaf(host, ttl):
+def _address_leaf(ip, ttl):
+    host = str(ip)
     return (fnv1a32_label(encode_record(host, ttl=ttl)),
             encode_record(host, ttl=ttl, owner=OWNER))
 
 
+@functools.lru_cache(maxsize=RECENT_ADDRESSES)
 def reverse_key(ip) -> str:
     """``10.0.0.1`` -> ``/skydns/arpa/in-addr/10/0/0/1``; IPv6 by nibbles under ip6."""
     name = ip.reverse_pointer  # e.g. 1.0.0.10.in-addr.arpa

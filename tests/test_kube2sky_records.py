@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 import pytest
@@ -206,3 +207,20 @@ def test_owner_index_agrees_with_a_plain_model_through_random_changes():
         assert state.desired() == {**base, **after}
         assert all(state.value(key) == after.get(key) for key in keys)
     assert any(entry.__class__ is dict for entry in state.index.values())
+
+
+def test_change_log_says_how_many_lines_it_left_out(caplog):
+    from kube2sky.controller import ChangeLog
+    now = [100.0]
+    changes = ChangeLog(clock=lambda: now[0])
+    obj = {"metadata": {"namespace": "ns", "name": "web"}}
+    with caplog.at_level(logging.INFO, logger="kube2sky"):
+        for _ in range(ChangeLog.LINES + 5):
+            changes.note("endpointslices", obj, "MODIFIED", 3)
+        assert len(caplog.records) == ChangeLog.LINES
+        changes.flush()  # the window is not over: nothing yet
+        now[0] += ChangeLog.WINDOW
+        changes.flush()
+    assert caplog.records[0].message == "endpointslices ns/web modified: 3 keys change"
+    assert caplog.records[-1].message == \
+        "... and 5 more object changes (15 keys) in the last 10s"
