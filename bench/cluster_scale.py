@@ -631,6 +631,9 @@ def report(a, res: dict) -> None:
                      f"{c['create_p99_ms']:.1f} ms",
                      f"p99 <= {TARGETS['create_p99_ms']:g} ms "
                      f"{verdict(c['p99_ms'] <= TARGETS['create_p99_ms'])}"))
+    if res.get("churn"):
+        from churn import report_rows
+        rows.extend(report_rows(a, res["churn"]))
     print()
     print("| figure | measured | reference (same run) | target |")
     print("|---|---|---|---|")
@@ -723,6 +726,11 @@ def run(a, tmp: Path, procs: list[Proc]) -> dict:
         c = res["create"]
         log(f"create -> answer over {c['count']}: p50 {c['p50_ms']:.1f} ms, p99 "
             f"{c['p99_ms']:.1f} ms, max {c['max_ms']:.1f} ms, {c['lost']} lost")
+
+    if not a.skip_churn:
+        from churn import churn              # here: churn.py imports this module
+        res["churn"] = churn(a, api_url, dns_port, etcd_port,
+                             {"kube2sky": k2s, "skydns": sky, "etcd": etcd, "kubeemu": emu})
     return res
 
 
@@ -753,7 +761,7 @@ def main(argv=None) -> int:
                          "as the kubernetes client's pool)")
     ap.add_argument("--skip-restart", action="store_true", help="no kube2sky restart figure")
     ap.add_argument("--skip-skydns", action="store_true",
-                    help="no skydns figures (implies --skip-create)")
+                    help="no skydns figures (implies --skip-create and --skip-churn)")
     ap.add_argument("--skip-create", action="store_true",
                     help="no API create -> answer figure")
     ap.add_argument("--skip-lists", action="store_true",
@@ -767,7 +775,10 @@ def main(argv=None) -> int:
                     help="directory holding the skydns package to run (this repository)")
     ap.add_argument("--skydns-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for skydns (repeatable)")
+    from churn import add_churn_flags, check_churn_flags
+    add_churn_flags(ap)
     a = ap.parse_args(argv)
+    check_churn_flags(ap, a)
     if not (1 <= a.namespaces <= 1000) or a.services < 2 or a.pods < 0 \
             or not (1 <= a.addresses <= 1000):
         ap.error("need --namespaces 1..1000, --services >= 2, --pods >= 0, "
@@ -779,7 +790,7 @@ def main(argv=None) -> int:
     if (a.services // 2) * a.addresses > EP_SPAN * 256 * 254 or a.pods > POD_SPAN * 256 * 254:
         ap.error("too many endpoint addresses or pods for their address ranges")
     if a.skip_skydns:
-        a.skip_create = True
+        a.skip_create = a.skip_churn = True
     if a.kube2sky_dir:
         a.kube2sky_dir = a.kube2sky_dir.resolve()
     a.skydns_dir = a.skydns_dir.resolve()
