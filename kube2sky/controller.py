@@ -23,6 +23,8 @@ import time
 
 from skydns.etcdsync import Backoff, return_freed_memory
 
+from .etcdwriter import fingerprint
+
 log = logging.getLogger("kube2sky")
 
 
@@ -81,7 +83,7 @@ class Controller(threading.Thread):
                 actual.pop(key, None)
                 ours.discard(key)
             else:
-                actual[key] = value
+                actual[key] = fingerprint(value)
                 ours.add(key)
 
     def _send(self, changes):
@@ -90,7 +92,8 @@ class Controller(threading.Thread):
         if self._snapshot is not None:
             actual = self._snapshot[1]
             changes = {key: value for key, value in changes.items()
-                       if actual.get(key) != value}
+                       if value is None and key in actual
+                       or value is not None and actual.get(key) != fingerprint(value)}
             self._note(self._snapshot, changes)
         elif self._snapshot_pending:  # applied to the snapshot when it arrives
             self._early.update(changes)
