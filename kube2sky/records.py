@@ -60,41 +60,44 @@ def meta(obj):
     return metadata.get("namespace") or "", metadata.get("name") or ""
 
 
+# An IPv4 address as the API writes it (no leading zeros): kept as its text, which is
+# already the canonical form. ipaddress took a third of computing a big cluster's records
+# (parsing, then str() and reverse_pointer back); other forms (IPv6) still go through it.
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
 # An endpoint change recomputes every address of its service: the addresses seen last are
-# remembered parsed and hashed (FNV-1a in Python is ~10 us a value), a few MB at most.
+# remembered hashed (FNV-1a in Python is ~10 us a value), a few MB at most.
 RECENT_ADDRESSES = 8192
 
 
 def _ip(text):
+    """The address ``text`` names: its text for IPv4, an ipaddress object otherwise; None
+    when it is no address."""
+    if text.__class__ is str and _IPV4.fullmatch(text):
+        return text
     try:
-        return _parse_ip(text)
-    except (TypeError, ValueError):  # unhashable (an odd object) or not an address
+        return ipaddress.ip_address(text)
+    except (TypeError, ValueError):
         return None
-
-
-@functools.lru_cache(maxsize=RECENT_ADDRESSES)
-def _parse_ip(text):
-    return ipaddress.ip_address(text)
 
 
 def address_leaf(layout, ip):
     """An address record's value and its kube2sky leaf label: FNV-1a of the value as the
     original kube2sky wrote it (without our owner field), so the names stay the same."""
-    return _address_leaf(ip, layout.ttl)
+    return _address_leaf(str(ip), layout.ttl)
 
 
 @functools.lru_cache(maxsize=RECENT_ADDRESSES)
-def _address_leaf(ip, ttl):
-    host = str(ip)
+def _address_leaf(host, ttl):
     return (fnv1a32_label(encode_record(host, ttl=ttl)),
             encode_record(host, ttl=ttl, owner=OWNER))
 
 
-@functools.lru_cache(maxsize=RECENT_ADDRESSES)
 def reverse_key(ip) -> str:
     """``10.0.0.1`` -> ``/skydns/arpa/in-addr/10/0/0/1``; IPv6 by nibbles under ip6."""
-    name = ip.reverse_pointer  # e.g. 1.0.0.10.in-addr.arpa
-    return name_to_key(name + ".")
+    if ip.__class__ is str:  # IPv4 (see _ip)
+        return "/skydns/arpa/in-addr/" + ip.replace(".", "/")
+    return name_to_key(ip.reverse_pointer + ".")  # e.g. 1.0.0.10.in-addr.arpa
 
 
 def pod_label(ip) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import random
@@ -224,3 +225,21 @@ def test_change_log_says_how_many_lines_it_left_out(caplog):
     assert caplog.records[0].message == "endpointslices ns/web modified: 3 keys change"
     assert caplog.records[-1].message == \
         "... and 5 more object changes (15 keys) in the last 10s"
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1", "0.0.0.0", "255.255.255.255", "10.244.19.7",
+                                  "1.2.3.04", "256.1.1.1", "1.2.3", "1.2.3.4.", " 1.2.3.4",
+                                  "fd00::1", "::ffff:1.2.3.4", "2001:db8::10", "", "x"])
+def test_the_ipv4_fast_path_agrees_with_ipaddress(text):
+    from kube2sky.records import _ip, pod_label, reverse_key
+    from skydns.record import name_to_key
+    try:
+        want = ipaddress.ip_address(text)
+    except ValueError:
+        want = None
+    got = _ip(text)
+    if want is None:
+        assert got is None
+        return
+    assert str(got) == str(want) and pod_label(got) == pod_label(want)
+    assert reverse_key(got) == name_to_key(want.reverse_pointer + ".")
