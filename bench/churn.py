@@ -59,7 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster_scale as cs  # noqa: E402
-from dnsperf_vs_dnsmasq import (LOOPBACK, REPO, BenchError, Proc, cpu_seconds,  # noqa: E402
+from dnsperf_vs_dnsmasq import (LOOPBACK, BenchError, Proc, cpu_seconds,  # noqa: E402
                                 log, start_etcd, stop_all)
 
 import dns.exception  # noqa: E402
@@ -623,41 +623,16 @@ def setup(a, tmp: Path, procs: list[Proc], res: dict) -> tuple[str, int, int, di
 def parse(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--services", type=int, default=2000,
-                    help="services, half ClusterIP and half headless (2000)")
-    ap.add_argument("--addresses", type=int, default=20,
-                    help="ready addresses in each headless service's Endpoints (20)")
-    ap.add_argument("--pods", type=int, default=4000, help="running pods (4000)")
-    ap.add_argument("--namespaces", type=int, default=10, help="namespaces (10)")
-    ap.add_argument("--history", type=int, default=100000,
-                    help="kubeemu --history, events kept for watch replay (100000)")
-    ap.add_argument("--timeout", type=float, default=600,
-                    help="seconds to wait for kube2sky's sync and skydns's load (600)")
-    ap.add_argument("--seed-timeout", type=float, default=600,
-                    help="seconds to wait for kubeemu to load the seed (600)")
+    cs.add_cluster_flags(ap, services=2000, pods=4000)
     ap.add_argument("--poll-interval", type=float, default=0.001,
                     help="seconds between DNS queries for a timed change (0.001)")
-    ap.add_argument("--kube2sky-dir", type=Path, default=None,
-                    help="run kube2sky from the package in this directory")
-    ap.add_argument("--kube2sky-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument for kube2sky (repeatable)")
-    ap.add_argument("--skydns-dir", type=Path, default=REPO,
-                    help="directory holding the skydns package to run (this repository)")
-    ap.add_argument("--skydns-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument for skydns (repeatable)")
     add_churn_flags(ap)
     a = ap.parse_args(argv)
-    if not (1 <= a.namespaces <= 1000) or a.services < 2 or a.pods < 0 \
-            or not (1 <= a.addresses <= 100) or not (0 < a.poll_interval <= 1):
-        ap.error("need --namespaces 1..1000, --services >= 2, --pods >= 0, --addresses "
-                 "1..100, --poll-interval in (0, 1]")
-    if (a.services // 2) * a.addresses > cs.EP_SPAN * 256 * 254 \
-            or a.pods > cs.POD_SPAN * 256 * 254:
-        ap.error("too many endpoint addresses or pods for their address ranges")
+    cs.check_cluster_flags(ap, a)
+    if a.addresses > 100 or not (0 < a.poll_interval <= 1):
+        ap.error("need --addresses <= 100 (the timed answers must fit one UDP message), "
+                 "--poll-interval in (0, 1]")
     check_churn_flags(ap, a)
-    if a.kube2sky_dir:
-        a.kube2sky_dir = a.kube2sky_dir.resolve()
-    a.skydns_dir = a.skydns_dir.resolve()
     return a
 
 

@@ -734,14 +734,13 @@ def run(a, tmp: Path, procs: list[Proc]) -> dict:
     return res
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--services", type=int, default=10000,
-                    help="services, half ClusterIP and half headless (10000)")
+def add_cluster_flags(ap: argparse.ArgumentParser, services: int, pods: int) -> None:
+    """The seeded cluster and the processes run against it (also churn.py's)."""
+    ap.add_argument("--services", type=int, default=services,
+                    help=f"services, half ClusterIP and half headless ({services})")
     ap.add_argument("--addresses", type=int, default=20,
                     help="ready addresses in the Endpoints of each headless service (20)")
-    ap.add_argument("--pods", type=int, default=20000, help="running pods (20000)")
+    ap.add_argument("--pods", type=int, default=pods, help=f"running pods ({pods})")
     ap.add_argument("--namespaces", type=int, default=10, help="namespaces (10)")
     ap.add_argument("--history", type=int, default=100000,
                     help="kubeemu --history, events kept for watch replay (100000)")
@@ -749,6 +748,34 @@ def main(argv=None) -> int:
                     help="seconds to wait for each kube2sky sync and the skydns load (600)")
     ap.add_argument("--seed-timeout", type=float, default=600,
                     help="seconds to wait for kubeemu to load the seed and serve (600)")
+    ap.add_argument("--kube2sky-dir", type=Path, default=None,
+                    help="run kube2sky from the package in this directory (python -m "
+                         "kube2sky with PYTHONPATH; default: the venv's kube2sky)")
+    ap.add_argument("--kube2sky-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for kube2sky (repeatable)")
+    ap.add_argument("--skydns-dir", type=Path, default=REPO,
+                    help="directory holding the skydns package to run (this repository)")
+    ap.add_argument("--skydns-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for skydns (repeatable)")
+
+
+def check_cluster_flags(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Refuse sizes the address ranges cannot hold; resolve the package directories."""
+    if not (1 <= a.namespaces <= 1000) or a.services < 2 or a.pods < 0 \
+            or not (1 <= a.addresses <= 1000):
+        ap.error("need --namespaces 1..1000, --services >= 2, --pods >= 0, "
+                 "--addresses 1..1000")
+    if (a.services // 2) * a.addresses > EP_SPAN * 256 * 254 or a.pods > POD_SPAN * 256 * 254:
+        ap.error("too many endpoint addresses or pods for their address ranges")
+    if a.kube2sky_dir:
+        a.kube2sky_dir = a.kube2sky_dir.resolve()
+    a.skydns_dir = a.skydns_dir.resolve()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_cluster_flags(ap, services=10000, pods=20000)
     ap.add_argument("--creates", type=int, default=200,
                     help="services created one at a time for the create -> answer figure "
                          "(200)")
@@ -766,34 +793,17 @@ def main(argv=None) -> int:
                     help="no API create -> answer figure")
     ap.add_argument("--skip-lists", action="store_true",
                     help="do not time the emulator's own lists")
-    ap.add_argument("--kube2sky-dir", type=Path, default=None,
-                    help="run kube2sky from the package in this directory (python -m "
-                         "kube2sky with PYTHONPATH; default: the venv's kube2sky)")
-    ap.add_argument("--kube2sky-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument for kube2sky (repeatable)")
-    ap.add_argument("--skydns-dir", type=Path, default=REPO,
-                    help="directory holding the skydns package to run (this repository)")
-    ap.add_argument("--skydns-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument for skydns (repeatable)")
     from churn import add_churn_flags, check_churn_flags
     add_churn_flags(ap)
     a = ap.parse_args(argv)
     check_churn_flags(ap, a)
-    if not (1 <= a.namespaces <= 1000) or a.services < 2 or a.pods < 0 \
-            or not (1 <= a.addresses <= 1000):
-        ap.error("need --namespaces 1..1000, --services >= 2, --pods >= 0, "
-                 "--addresses 1..1000")
+    check_cluster_flags(ap, a)
     if not (1 <= a.creates <= 10000) or not (0 < a.create_timeout <= 60) \
             or not (0 < a.poll_interval <= 1):
         ap.error("need --creates 1..10000, --create-timeout in (0, 60], "
                  "--poll-interval in (0, 1]")
-    if (a.services // 2) * a.addresses > EP_SPAN * 256 * 254 or a.pods > POD_SPAN * 256 * 254:
-        ap.error("too many endpoint addresses or pods for their address ranges")
     if a.skip_skydns:
         a.skip_create = a.skip_churn = True
-    if a.kube2sky_dir:
-        a.kube2sky_dir = a.kube2sky_dir.resolve()
-    a.skydns_dir = a.skydns_dir.resolve()
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
