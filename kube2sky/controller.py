@@ -92,8 +92,7 @@ class Controller(threading.Thread):
         if self._snapshot is not None:
             actual = self._snapshot[1]
             changes = {key: value for key, value in changes.items()
-                       if value is None and key in actual
-                       or value is not None and actual.get(key) != fingerprint(value)}
+                       if actual.get(key) != (None if value is None else fingerprint(value))}
             self._note(self._snapshot, changes)
         elif self._snapshot_pending:  # applied to the snapshot when it arrives
             self._early.update(changes)

@@ -68,6 +68,7 @@ _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
 # An endpoint change recomputes every address of its service: the addresses seen last are
 # remembered hashed (FNV-1a in Python is ~10 us a value), a few MB at most.
 RECENT_ADDRESSES = 8192
+_IN_ADDR = name_to_key("in-addr.arpa.")
 
 
 def _ip(text):
@@ -95,8 +96,8 @@ def _address_leaf(host, ttl):
 
 def reverse_key(ip) -> str:
     """``10.0.0.1`` -> ``/skydns/arpa/in-addr/10/0/0/1``; IPv6 by nibbles under ip6."""
-    if ip.__class__ is str:  # IPv4 (see _ip)
-        return "/skydns/arpa/in-addr/" + ip.replace(".", "/")
+    if ip.__class__ is str:  # IPv4 (see _ip): its labels in order under in-addr.arpa
+        return _IN_ADDR + "/" + ip.replace(".", "/")
     return name_to_key(ip.reverse_pointer + ".")  # e.g. 1.0.0.10.in-addr.arpa
 
 

@@ -350,10 +350,6 @@ class Loader:
             self.leases.add(lease)
         tree._put(key, value, lease, quiet=self.known_bad.get(key))
 
-    def add_kv(self, kv):
-        """``add`` for an etcd KeyValue as a range read returns it."""
-        self.add_page((kv,))
-
     def add_page(self, kvs):
         """``add`` for each etcd KeyValue of a range reply: the common case inline."""
         tree = self.tree
@@ -379,7 +375,3 @@ class Loader:
                     parent = tree.path_child(parent, part)
             tree.set_leaf(parent, label.decode("ascii"), compact)
         self._parent_key, self._parent = parent_key, parent
-
-    @property
-    def count(self) -> int:
-        return self.tree.count
