@@ -166,8 +166,10 @@ class Skydns:
         try:
             wait_for(lambda: self._up(), timeout=20, what="skydns to listen")
             if wait_loaded:
+                # Loaded means the records are in and the load is over: between the
+                # two, /healthz says "etcd watch loading" until the watch is live.
                 wait_for(lambda: self.healthz()[0] == 200
-                         or "not loaded" not in self.healthz()[1],
+                         or not any(s in self.healthz()[1] for s in ("not loaded", "loading")),
                          timeout=20, what="skydns to load records")
         except Exception:
             self.stop()
