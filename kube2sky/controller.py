@@ -23,7 +23,7 @@ import time
 
 from skydns.etcdsync import Backoff, return_freed_memory
 
-from .etcdwriter import fingerprint
+from .records import fingerprint
 
 log = logging.getLogger("kube2sky")
 

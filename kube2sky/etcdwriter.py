@@ -21,7 +21,6 @@ were submitted.
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ import time
 from skydns.etcdsync import Backoff, close_quietly, make_client, read_prefix
 from skydns.record import owned_by
 
-from .records import OWNER
+from .records import OWNER, fingerprint
 
 log = logging.getLogger("kube2sky.etcd")
 
@@ -37,13 +36,6 @@ MARKER_PREFIX = "/kube2sky/keys"  # ownership markers of older versions (convert
 MAX_TXN_OPS = 128          # etcd's default --max-txn-ops
 KEYS_PER_TXN = MAX_TXN_OPS
 WRITERS = 4                # transactions in flight at once
-
-
-def fingerprint(value: str) -> bytes:
-    """What the start-up snapshot keeps of a value: 16 bytes of BLAKE2b instead of the text
-    (~170 bytes a value; 440,000 of them while the lists run, and the heap they left
-    behind stayed with the process). Two different values share one with odds of 2^-128."""
-    return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class EtcdWriter:
@@ -134,12 +126,15 @@ class EtcdWriter:
             raise
         return ours | marked, actual, marked
 
-    def reconcile(self, desired: dict, state=None) -> int:
-        """Make etcd equal to ``desired`` for our keys; returns how many keys change.
-        ``state``: what ``read_state`` gave, when the caller has it (else etcd is read)."""
+    def reconcile(self, desired, state=None) -> int:
+        """Make etcd equal to ``desired`` (a mapping of key -> value) for our keys; returns
+        how many keys change. ``state``: what ``read_state`` gave, when the caller has it
+        (else etcd is read). A ``desired`` with ``fingerprints()`` (kube2sky.state's
+        Desired) is compared by those, and only the values that differ are read."""
         ours, actual, marked = self.read_state() if state is None else state
-        changes = {key: value for key, value in desired.items()
-                   if actual.get(key) != fingerprint(value)}
+        prints = getattr(desired, "fingerprints", None)
+        prints = prints() if prints else ((k, fingerprint(v)) for k, v in desired.items())
+        changes = {key: desired[key] for key, print_ in prints if actual.get(key) != print_}
         changes.update((key, None) for key in ours if key not in desired)
         if marked:
             log.info("converting %d keys from ownership markers to the owner field",

@@ -5,13 +5,21 @@ owners disagree on a key's value (a PTR for an IP in two services, one hostname 
 addresses of two services), the owner that sorts first wins, so the choice is the same on
 every run. Each object change recomputes only that owner's records and reports the keys
 whose winning value changed: exactly the difference to write to etcd.
+
+Values are not kept, only fingerprints (``OwnedKeys``): an owner's records are a pure
+function of the objects held, so whenever a value is needed again it is computed again
+(``records_of``). That holds because every change of an object goes through the owner's
+``_set_owner`` with the records computed from the objects as they are now.
 """
 
 from __future__ import annotations
 
 import logging
+from array import array
+from collections.abc import Mapping
 
-from .records import (HOSTNAMES_ANNOTATION, Layout, from_endpoints, from_slices, meta,
+from .records import (HOSTNAMES_ANNOTATION, Layout, fingerprint,
+                      from_endpoints, from_slices, meta,
                       pod_records, service_records)
 
 log = logging.getLogger("kube2sky.state")
@@ -83,6 +91,76 @@ def slim_pod(obj: dict) -> dict:
 
 
 SLIMMERS = {"services": slim, "endpoints": slim, "endpointslices": slim, "pods": slim_pod}
+DNS_VERSION = ("~", "dns-version")  # the owner of the schema version record
+
+
+class OwnedKeys:
+    """One owner's records without their values: the keys in order and the fingerprint
+    of each value, packed in an array (~16 bytes a record instead of ~200)."""
+
+    __slots__ = ("keys", "fingerprints")
+
+    def __init__(self, records: dict):
+        self.keys = tuple(records)
+        self.fingerprints = array("q", map(fingerprint, records.values()))
+
+    def __eq__(self, other):
+        return (other.__class__ is OwnedKeys and self.fingerprints == other.fingerprints
+                and self.keys == other.keys)
+
+    def by_key(self) -> dict:
+        return dict(zip(self.keys, self.fingerprints))
+
+
+class Desired(Mapping):
+    """The desired contents of etcd as a read-only mapping over a DesiredState. A value
+    is computed again from its owner's objects when read (the last owner's records are
+    remembered, so reading keys owner by owner computes each owner once), and
+    ``fingerprints()`` gives every key's fingerprint without computing any value: a
+    reconcile with an etcd in sync reads no value at all."""
+
+    def __init__(self, state):
+        self.state = state
+        self._owner, self._records = None, {}
+
+    def __len__(self):
+        return len(self.state.index)
+
+    def __iter__(self):
+        return iter(self.state.index)
+
+    def __contains__(self, key):  # Mapping's would compute the value
+        return key in self.state.index
+
+    def __getitem__(self, key):
+        entry = self.state.index[key]
+        if entry.__class__ is dict:
+            return entry[min(entry)]
+        if entry != self._owner:
+            self._owner, self._records = entry, self.state.records_of(entry)
+        return self._records[key]
+
+    def items(self):
+        """(key, value) owner by owner, each owner's records computed once."""
+        index = self.state.index
+        for owner in list(self.state.owned):
+            for key, value in self.state.records_of(owner).items():
+                if index[key].__class__ is not dict:
+                    yield key, value
+        for key, entry in index.items():
+            if entry.__class__ is dict:
+                yield key, entry[min(entry)]
+
+    def fingerprints(self):
+        """(key, ``fingerprint`` of its value) of every desired key, owner by owner."""
+        index = self.state.index
+        for owned in self.state.owned.values():
+            for key, print_ in zip(owned.keys, owned.fingerprints):
+                if index[key].__class__ is not dict:
+                    yield key, print_
+        for key, entry in index.items():
+            if entry.__class__ is dict:
+                yield key, fingerprint(entry[min(entry)])
 
 
 class DesiredState:
@@ -95,10 +173,23 @@ class DesiredState:
         self.slices = {}        # (ns, service name) -> {slice name: EndpointSlice}
         self.slice_owner = {}   # (ns, slice name) -> service name it was filed under
         self.pods = {}          # (ns, name) -> Pod
-        self.owned = {}         # owner -> {key: value}
+        self.owned = {}         # owner -> OwnedKeys: its keys and fingerprints, no values
         self.index = {}         # key -> its only owner, or {owner: value} (see _set_owner)
         self.problems = {}      # owner -> last problems logged (log each once)
-        self._set_owner(("~", "dns-version"), layout.dns_version())
+        self._set_owner(DNS_VERSION, layout.dns_version())
+
+    # -- an owner's records, computed again from the objects held ------------------------
+
+    def records_of(self, owner) -> dict:
+        """What ``owner`` wants now, from the objects held: the values are not kept (they
+        were two fifths of kube2sky's memory at 440,000 keys), only their fingerprints."""
+        kind = owner[0]
+        if kind == "svc":
+            return self._service_records(owner[1], owner[2])[0]
+        if kind == "pod":
+            pod = self.pods.get(owner[1:])
+            return pod_records(self.layout, pod)[0] if pod is not None else {}
+        return self.layout.dns_version() if owner == DNS_VERSION else {}
 
     # -- the index -----------------------------------------------------------------------
 
@@ -108,29 +199,29 @@ class DesiredState:
             return None
         if entry.__class__ is dict:
             return entry[min(entry)]
-        return self.owned[entry][key]
+        return self.records_of(entry)[key]
 
-    def desired(self) -> dict:
-        out = {}
-        for owner, records in self.owned.items():
-            out.update(records)
-        for key, owners in self.index.items():  # keys several owners want: the first wins
-            if owners.__class__ is dict:
-                out[key] = owners[min(owners)]
-        return out
+    def desired(self) -> "Desired":
+        """Every desired key and its value, as a read-only mapping that computes values
+        on demand and knows every key's fingerprint without computing it."""
+        return Desired(self)
 
     def _set_owner(self, owner, records) -> dict:
         """Replace ``owner``'s records; return {key: new winning value or None}. One pass
         over the keys, each looked up once (a sync of 440,000 keys goes through here).
 
-        ``index`` maps a key to its only owner (nearly every key: its value is in
-        ``owned[owner]``), or to {owner: value} when several owners want it; a dict per
-        key would double kube2sky's memory."""
-        old = self.owned.get(owner, {})
-        if old == records:
+        ``index`` maps a key to its only owner (nearly every key), or to {owner: value}
+        when several owners want it; a dict per key would double kube2sky's memory. The
+        values of single-owner keys are not kept: a changed value shows as a changed
+        fingerprint in ``owned[owner]``, and the rare key that becomes shared asks its
+        other owner for its value again (``records_of``)."""
+        old = self.owned.get(owner)
+        new = OwnedKeys(records)
+        if old == new:
             return {}
-        index, owned, changes = self.index, self.owned, {}
-        for key, value in records.items():
+        index, changes = self.index, {}
+        old_fingerprints = old.by_key() if old else {}
+        for (key, value), print_ in zip(records.items(), new.fingerprints):
             entry = index.get(key)
             if entry is None:
                 index[key] = owner
@@ -142,16 +233,16 @@ class DesiredState:
                 if now != was:
                     changes[key] = now
             elif entry == owner:  # ours alone
-                if old[key] != value:
+                if old_fingerprints[key] != print_:
                     changes[key] = value
             else:  # another owner's alone until now: shared from here on
-                was = owned[entry][key]
+                was = self.records_of(entry)[key]
                 entry = index[key] = {entry: was, owner: value}
                 now = entry[min(entry)]
                 if now != was:
                     changes[key] = now
         if old:
-            for key in old.keys() - records.keys():
+            for key in old_fingerprints.keys() - records.keys():
                 entry = index[key]
                 if entry.__class__ is not dict:  # ours alone
                     del index[key]
@@ -165,9 +256,9 @@ class DesiredState:
                 if now != was:
                     changes[key] = now
         if records:
-            owned[owner] = records
+            self.owned[owner] = new
         else:
-            owned.pop(owner, None)
+            self.owned.pop(owner, None)
         return changes
 
     def _report(self, owner, problems):
@@ -181,12 +272,11 @@ class DesiredState:
 
     # -- services and their endpoints ----------------------------------------------------
 
-    def _service_changed(self, ns, name) -> dict:
-        owner = ("svc", ns, name)
+    def _service_records(self, ns, name):
+        """(records, problems) of the service ``ns/name`` from the objects held."""
         service = self.services.get((ns, name))
         if service is None:
-            self.problems.pop(owner, None)
-            return self._set_owner(owner, {})
+            return {}, []
         fqdn_slices = []
         if self.use_slices:
             slices = self.slices.get((ns, name))
@@ -201,7 +291,15 @@ class DesiredState:
             records, problems = service_records(self.layout, service, groups)
         except Exception as exc:  # an odd object must never stop the sync
             records, problems = {}, [f"service {ns}/{name}: {exc.__class__.__name__}: {exc}"]
-        self._report(owner, problems + fqdn_slices)
+        return records, problems + fqdn_slices
+
+    def _service_changed(self, ns, name) -> dict:
+        owner = ("svc", ns, name)
+        records, problems = self._service_records(ns, name)
+        if (ns, name) not in self.services:
+            self.problems.pop(owner, None)
+        else:
+            self._report(owner, problems)
         return self._set_owner(owner, records)
 
     def set_service(self, obj):

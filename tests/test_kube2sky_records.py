@@ -184,8 +184,12 @@ def test_owner_index_agrees_with_a_plain_model_through_random_changes():
     rng = random.Random(1203)
     owners = [("pod", "ns", f"p{i}") for i in range(5)] + [("svc", "ns", "s0")]
     keys = [f"/k{i}" for i in range(8)]
-    state = DesiredState(L)
     model = {}  # owner -> records
+
+    class ModelState(DesiredState):
+        def records_of(self, owner):  # the owners' objects are the model's records here
+            return dict(model.get(owner, {})) if owner in owners else super().records_of(owner)
+    state = ModelState(L)
 
     def winners():
         out = {}
@@ -197,7 +201,7 @@ def test_owner_index_agrees_with_a_plain_model_through_random_changes():
         owner = rng.choice(owners)
         records = {key: rng.choice(["a", "b"]) for key in rng.sample(keys, rng.randrange(4))}
         before = winners()
-        if records:
+        if records:  # the owner's objects change first, as in set_pod and the others
             model[owner] = records
         else:
             model.pop(owner, None)
@@ -243,3 +247,51 @@ def test_the_ipv4_fast_path_agrees_with_ipaddress(text):
         return
     assert str(got) == str(want) and pod_label(got) == pod_label(want)
     assert reverse_key(got) == name_to_key(want.reverse_pointer + ".")
+
+
+def test_random_object_changes_keep_etcd_equal_to_a_fresh_build():
+    """Only fingerprints of the desired values are kept, and a value is computed again
+    from its owner's objects when needed (a key that becomes shared, a reconcile). Through
+    random changes of services, slices and pods over few IPs and names (so that PTRs,
+    pod records and hostnames collide), the changes reported, applied in order to a dict
+    standing for etcd, give exactly what a state built afresh from the final objects
+    wants, and so does ``desired()``."""
+    rng = random.Random(2026)
+    ips = [f"10.1.0.{i}" for i in range(1, 7)]
+    state, etcd, held = DesiredState(L), {}, {}  # held: the objects now in the API
+
+    def apply(changes):
+        for key, new in changes.items():
+            if new is None:
+                etcd.pop(key, None)
+            else:
+                etcd[key] = new
+    apply(state.desired())
+    for _ in range(600):
+        name = rng.choice(["a", "b", "c"])
+        kind = rng.choice(["services", "endpointslices", "pods"])
+        if kind == "services":
+            obj = svc(name, cluster_ip=rng.choice(["None", "10.0.0.1", rng.choice(ips)]),
+                      ports=[{"name": "http", "port": rng.choice([80, 81])}])
+        elif kind == "endpointslices":
+            obj = {"metadata": {"namespace": "default", "name": f"{name}-{rng.randrange(2)}",
+                                "labels": {"kubernetes.io/service-name": rng.choice("abc")}},
+                   "addressType": "IPv4", "ports": [{"name": "http", "port": 80}],
+                   "endpoints": [{"addresses": [ip], "hostname": rng.choice(["", "h", "k"])}
+                                 for ip in rng.sample(ips, rng.randrange(3))]}
+        else:
+            obj = {"metadata": {"namespace": "default", "name": name},
+                   "status": {"podIP": rng.choice(ips)}}
+        ident = (kind, obj["metadata"]["name"])
+        if rng.random() < 0.3 and ident in held:
+            apply(state.handle(kind, "DELETED", held.pop(ident)))
+        else:
+            held[ident] = obj
+            apply(state.handle(kind, "MODIFIED", obj))
+        assert dict(state.desired().items()) == etcd
+    fresh = DesiredState(L)
+    for (kind, _), obj in sorted(held.items(), key=lambda item: item[0]):
+        fresh.handle(kind, "ADDED", obj)
+    assert dict(fresh.desired().items()) == etcd
+    assert any(entry.__class__ is dict for entry in state.index.values())
+
