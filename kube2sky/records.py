@@ -12,7 +12,8 @@ import ipaddress
 import json
 import re
 
-from skydns.record import encode_record, encode_text, fnv1a32_label, name_to_key
+from skydns.record import (Fnv1a32Tail, encode_record, encode_text, fnv1a32,
+                           fnv1a32_label, name_to_key)
 
 HOSTNAMES_ANNOTATION = "endpoints.beta.kubernetes.io/hostnames-map"
 SCHEMA_VERSION = "1.1.0"
@@ -99,8 +100,24 @@ def address_leaf(layout, ip):
 
 @functools.lru_cache(maxsize=RECENT_ADDRESSES)
 def _address_leaf(host, ttl):
-    return (fnv1a32_label(encode_record(host, ttl=ttl)),
-            encode_record(host, ttl=ttl, owner=OWNER))
+    value = encode_record(host, ttl=ttl)
+    head, head_state, tail, tail_hash = _address_template(ttl)
+    if value.startswith(head) and value.endswith(tail):  # always, as encode_record is
+        middle = value[len(head):len(value) - len(tail)].encode()
+        label = format(tail_hash.extend(fnv1a32(middle, head_state)), "x")
+    else:
+        label = fnv1a32_label(value)
+    return label, encode_record(host, ttl=ttl, owner=OWNER)
+
+
+@functools.lru_cache(maxsize=None)
+def _address_template(ttl):
+    """An address value around its host, for one TTL: the text before the host and its
+    FNV state, the text after it and its Fnv1a32Tail."""
+    template = encode_record("X", ttl=ttl)
+    at = template.index('"X"')
+    head, tail = template[:at], template[at + 3:]
+    return head, fnv1a32(head.encode()), tail, Fnv1a32Tail(tail.encode())
 
 
 def reverse_key(ip) -> str:

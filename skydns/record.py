@@ -290,13 +290,43 @@ def leaf_key(name: str, label: str, prefix: str = "skydns") -> str:
     return name_to_key(name, prefix) + "/" + label
 
 
+FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
+
+
+def fnv1a32(data: bytes, h: int = FNV_OFFSET) -> int:
+    """FNV-1a 32-bit of ``data``, continued from state ``h``."""
+    for byte in data:
+        h ^= byte
+        h = (h * FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
 def fnv1a32_label(value: str) -> str:
     """kube2sky's leaf label: FNV-1a 32-bit of the value, lower-case hex, no zero padding."""
-    h = 0x811C9DC5
-    for byte in value.encode("utf-8"):
-        h ^= byte
-        h = (h * 0x01000193) & 0xFFFFFFFF
-    return format(h, "x")
+    return format(fnv1a32(value.encode("utf-8")), "x")
+
+
+class Fnv1a32Tail:
+    """FNV-1a 32-bit over a fixed ``tail``, continued from any state in three operations
+    instead of a step per byte: a value kube2sky hashes is a few bytes of address between
+    the same ~60 bytes of JSON, and the per-byte loop was half of computing a big
+    cluster's records.
+
+    Why it works: a step is ``h = (h ^ byte) * PRIME mod 2**32``, and both the XOR with a
+    byte and the product mod 2**32 leave the low 8 bits depending on the low 8 bits
+    alone. So the low bytes along the tail follow from ``h``'s low byte, the XORs add
+    amounts fixed by it, and the whole tail is ``PRIME**len * h + table[h & 0xFF]``."""
+
+    __slots__ = ("multiplier", "table")
+
+    def __init__(self, tail: bytes):
+        self.multiplier = pow(FNV_PRIME, len(tail), 1 << 32)
+        self.table = [(fnv1a32(tail, low) - self.multiplier * low) & 0xFFFFFFFF
+                      for low in range(256)]
+
+    def extend(self, h: int) -> int:
+        """``fnv1a32(tail, h)``."""
+        return (self.multiplier * h + self.table[h & 0xFF]) & 0xFFFFFFFF
 
 
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, in C

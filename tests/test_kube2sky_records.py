@@ -295,3 +295,23 @@ def test_random_object_changes_keep_etcd_equal_to_a_fresh_build():
     assert dict(fresh.desired().items()) == etcd
     assert any(entry.__class__ is dict for entry in state.index.values())
 
+
+def test_fnv_tail_continues_any_state_as_the_byte_loop_does():
+    from skydns.record import Fnv1a32Tail, fnv1a32
+    rng = random.Random(77)
+    for _ in range(2000):
+        tail = bytes(rng.randrange(256) for _ in range(rng.randrange(70)))
+        state = rng.randrange(1 << 32)
+        assert Fnv1a32Tail(tail).extend(state) == fnv1a32(tail, state)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "10.244.19.7", "255.255.255.255", "fd00::1",
+                                  "2001:db8::10", "0.0.0.0"])
+@pytest.mark.parametrize("ttl", [0, 5, 30, 3600])
+def test_address_labels_are_the_original_kube2sky_hash(host, ttl):
+    from kube2sky.records import address_leaf
+    from skydns.record import encode_record, fnv1a32_label
+    layout = Layout("cluster.local", ttl=ttl)
+    label, value = address_leaf(layout, ipaddress.ip_address(host))
+    assert label == fnv1a32_label(encode_record(host, ttl=ttl))
+    assert value == encode_record(host, ttl=ttl, owner="kube2sky")
