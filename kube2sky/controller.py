@@ -27,6 +27,9 @@ from .records import fingerprint
 
 log = logging.getLogger("kube2sky")
 
+PENDING_LIMIT = 20000  # keys waiting for etcd before the next list page is applied
+PENDING_WAIT = 30.0    # seconds a page waits at most for them (then it goes on anyway)
+
 
 class Controller(threading.Thread):
     def __init__(self, state, writer, kinds, stop_event):
@@ -135,6 +138,10 @@ class Controller(threading.Thread):
             return
         if item[0] == "page":
             _, kind, items = item
+            # A list outruns etcd: its values would wait in the writer's queue (all
+            # 440,000 of them at cluster scale, and the heap they leave behind stays
+            # fragmented). Let the queue drain to a bound first, unless etcd is failing.
+            self.writer.wait_below(PENDING_LIMIT, timeout=PENDING_WAIT)
             started = time.monotonic()
             changes = self.state.apply_page(kind, items)
             self._list_seconds[kind] = self._list_seconds.get(kind, 0.0) + \

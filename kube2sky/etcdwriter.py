@@ -100,6 +100,19 @@ class EtcdWriter:
         with self._cond:
             return len(self._pending) + len(self._in_flight)
 
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Wait until at most ``limit`` keys are pending; True when they are. Returns at
+        once (False) while etcd writes fail: then nothing drains, and the caller must go
+        on (what is pending stays pending, nothing is lost)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._pending) + len(self._in_flight) > limit:
+                left = deadline - time.monotonic()
+                if self._stop or not self.healthy or left <= 0:
+                    return False
+                self._cond.wait(timeout=min(left, 0.5))
+            return True
+
     def read_state(self):
         """(our keys, ``fingerprint`` of the actual value of every key under our scopes,
         keys with an old-style marker), all read at one etcd revision and paged, however

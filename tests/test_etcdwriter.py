@@ -8,6 +8,7 @@ the order it hands out is checked exactly.
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -132,7 +133,6 @@ def test_read_state_pages_a_big_prefix(etcd, clean, monkeypatch):
 def test_a_change_sent_before_the_start_up_snapshot_arrives_is_applied_to_it(etcd):
     """The snapshot read may miss a write sent while it was read; a later deletion of that
     key must still be sent (it was left out as "not in etcd" before)."""
-    import threading
     from kube2sky.controller import Controller
     from kube2sky.records import Layout
     from kube2sky.state import DesiredState
@@ -185,3 +185,26 @@ def test_reconcile_with_a_snapshot_in_sync_computes_no_value():
     assert dict(writer._pending) == {changed: desired[changed],
                                      "/skydns/local/cluster/svc/ns/gone": None}
     assert computed == [("svc", "ns", "s7")]
+
+
+def test_wait_below_holds_a_list_back_only_while_etcd_drains(etcd, clean):
+    """The controller applies the next list page once at most PENDING_LIMIT keys wait
+    for etcd; while etcd writes fail nothing drains, and the wait must end at once."""
+    writer = writer_for(etcd)  # not started yet: nothing drains
+    writer.submit({f"{PREFIX}k{i:05d}": ours(i) for i in range(3000)})
+    assert writer.wait_below(3000, timeout=0) and not writer.wait_below(10, timeout=0.05)
+    writer.start()
+    try:
+        assert writer.wait_below(0, timeout=30) and writer.pending() == 0
+        assert len(list(clean.get_prefix(PREFIX))) == 3000
+    finally:
+        writer.stop()
+
+    failing = writer_for(etcd)
+    failing.submit({f"{PREFIX}x": ours(1)})
+    failing.healthy = False  # as after a failed transaction
+    done = []
+    waiter = threading.Thread(target=lambda: done.append(failing.wait_below(0, 600)))
+    waiter.start()
+    waiter.join(10)
+    assert done == [False]
