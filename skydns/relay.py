@@ -122,6 +122,9 @@ class _RelaySocket:
         if self.sock.fileno() >= 0:
             self.relay.reactor.removeReader(self)
             self.sock.close()
+        retiring = self.relay.retiring.get(self.server)
+        if retiring:
+            retiring.discard(self)
 
 
 class UDPRelay:
@@ -133,7 +136,8 @@ class UDPRelay:
         self.forwarder = forwarder
         self.metrics = metrics
         self.send = send
-        self.pools = {}                    # server -> [_RelaySocket]
+        self.pools = {}                    # server -> [_RelaySocket] taking new queries
+        self.retiring = {}                 # server -> {_RelaySocket} retired, queries on them
         self.in_flight = {}                # cache key -> _Query, until answered or failed
         self._sweep_call = None
 
@@ -204,21 +208,29 @@ class UDPRelay:
         pool = self.pools.get(server)
         if pool is None:
             pool = self.pools[server] = []
-        if len(pool) < POOL_SIZE:
+        # A retired socket stays open until its queries are done, and counts: at most
+        # POOL_SIZE sockets are open per server, as in the Forwarder's pool.
+        retiring = self.retiring.get(server)
+        if len(pool) + (len(retiring) if retiring else 0) < POOL_SIZE:
             sock = _RelaySocket(self, server)
             pool.append(sock)
             return sock
+        if not pool:  # every socket is retiring with queries on it: use one of them
+            return next(iter(retiring))
         i = random16() % len(pool)
         sock = pool[i]
         if sock.expired(now):
+            del pool[i]
             self._retire(sock)
-            sock = pool[i] = _RelaySocket(self, server)
+            return self._socket(server, now)  # a new one if that made room, else another
         return sock
 
     def _retire(self, sock):
         """No new queries; closed once its outstanding ones are answered or timed out."""
         sock.retired = True
-        if not sock.ids:
+        if sock.ids:
+            self.retiring.setdefault(sock.server, set()).add(sock)
+        else:
             sock.close()
 
     # -- replies ---------------------------------------------------------------------------
@@ -330,7 +342,8 @@ class UDPRelay:
     def stop(self):
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
-        for pool in self.pools.values():
-            for sock in pool:
-                sock.close()
+        for sock in [s for pool in self.pools.values() for s in pool] + \
+                [s for retiring in self.retiring.values() for s in retiring]:
+            sock.close()
         self.pools.clear()
+        self.retiring.clear()

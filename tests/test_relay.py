@@ -124,3 +124,45 @@ def test_timed_out_query_fails_after_the_sweep_and_is_released(parts):
     reply = dns.message.from_wire(client.recv(65535))
     assert reply.id == 9 and reply.rcode() == dns.rcode.SERVFAIL
     assert not relay.in_flight and live_queries() == []
+
+
+def open_sockets_to(port):
+    """UDP sockets (in this network namespace) connected to 127.0.0.1:port."""
+    remote = f"0100007F:{port:04X}"
+    with open("/proc/net/udp") as fh:
+        return sum(1 for line in fh.readlines()[1:] if line.split()[2] == remote)
+
+
+def test_retired_sockets_with_queries_on_them_count_in_the_pool(parts, monkeypatch):
+    """Every socket expires after one query here, and no reply comes: each retires with a
+    query on it and stays open. At most POOL_SIZE sockets are open at once all the same
+    (before, the pool replaced each at once: one open socket per query outstanding)."""
+    handler, relay, upstream, client = parts
+    monkeypatch.setattr(relay_mod, "SOCKET_QUERIES", 1)
+    port = upstream.getsockname()[1]
+    for i in range(3 * relay_mod.POOL_SIZE):
+        ask(handler, client, f"r{i}.example.com.", 2000 + i)
+        assert open_sockets_to(port) <= relay_mod.POOL_SIZE
+    assert open_sockets_to(port) == relay_mod.POOL_SIZE
+    assert len(relay.in_flight) == 3 * relay_mod.POOL_SIZE
+    # the replies come: each retired socket closes with its last query, and new ones open
+    for _ in range(3 * relay_mod.POOL_SIZE):
+        data, source = upstream.recvfrom(65535)
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        response.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A",
+                                                   "192.0.2.8"))
+        upstream.sendto(response.to_wire(), source)
+    socks = [s for pool in relay.pools.values() for s in pool] + \
+        [s for retiring in relay.retiring.values() for s in retiring]
+    deadline = relay_mod.time.monotonic() + 5
+    while relay.in_flight and relay_mod.time.monotonic() < deadline:
+        ready, _, _ = select.select([s for s in socks if s.sock.fileno() >= 0], [], [], 0.5)
+        for sock in ready:
+            sock.doRead()
+    assert not relay.in_flight
+    assert sorted(dns.message.from_wire(client.recv(65535)).id
+                  for _ in range(3 * relay_mod.POOL_SIZE)) == \
+        list(range(2000, 2000 + 3 * relay_mod.POOL_SIZE))
+    assert not any(relay.retiring.values())
+    assert open_sockets_to(port) <= relay_mod.POOL_SIZE
