@@ -60,8 +60,9 @@ def fingerprint(value: str) -> int:
     """What kube2sky keeps of a value it need not keep (its desired values, and etcd's in
     the start-up snapshot): Python's own 64-bit SipHash of the text, computed in C and
     cached by the string, keyed afresh in every process (it is never stored or sent). A
-    value and its fingerprint are only compared key by key, so with 440,000 keys the
-    odds that a changed value goes unnoticed are about 2^-45 a reconcile."""
+    value and its fingerprint are only compared key by key, so with 490,000 keys (the
+    cluster_scale bench's cluster) the odds that a changed value goes unnoticed are
+    about 2^-45 a reconcile."""
     return hash(value)
 
 
@@ -128,7 +129,8 @@ def reverse_key(ip) -> str:
 
 
 def pod_label(ip) -> str:
-    """``10.244.7.7`` -> ``10-244-7-7``; IPv6 ``:`` -> ``-``."""
+    """``10.244.7.7`` -> ``10-244-7-7``; IPv6 ``:`` -> ``-`` in its compressed text
+    (``fd00::1`` -> ``fd00--1``), as CoreDNS names pods and endpoints without a hostname."""
     return str(ip).replace(".", "-").replace(":", "-")
 
 
@@ -185,11 +187,17 @@ def service_records(layout: Layout, service: dict, endpoints: list | None):
 
 
 def headless_records(layout, namespace, name, service, groups):
-    """One A/AAAA per ready address, SRV per address x named port, PTR per address."""
+    """Per published address (ready, or any with ``publishNotReadyAddresses``): an A/AAAA
+    leaf named by its hostname, or by the FNV label when it has no (valid) hostname; SRV
+    per address x named port and a PTR, both naming that leaf. An address without a
+    hostname also answers under its dashed IP, as in CoreDNS (``10-244-1-10``, IPv6
+    ``fd00--1``): a second leaf with the same value, named by no SRV or PTR. A hostname
+    equal to such a dashed label keeps its leaf (the dashed one is not written)."""
     fqdn = layout.service_name(namespace, name)
     key = f"{layout.base}/svc/{namespace}/{name}"
     publish_not_ready = bool((service.get("spec") or {}).get("publishNotReadyAddresses"))
     records, problems = {}, []
+    dashed = {}  # the dashed-IP leaves, added once every hostname has its leaf
     # Sorted so that duplicate hostnames resolve the same way every time.
     for addresses, ports in groups:
         for endpoint in sorted(addresses, key=lambda e: (e.hostname, e.ip)):
@@ -205,7 +213,9 @@ def headless_records(layout, namespace, name, service, groups):
                 problems.append(f"endpoints {namespace}/{name}: hostname {endpoint.hostname!r}"
                                 " is not a DNS label; using the hashed name")
                 label = ""
-            label = label or hashed
+            if not label:
+                label = hashed
+                dashed.setdefault(f"{key}/{pod_label(ip)}", value)
             leaf = f"{key}/{label}"
             if records.get(leaf, value) != value and endpoint.hostname:
                 # A dual-stack hostname: the second address goes just below the first,
@@ -220,6 +230,10 @@ def headless_records(layout, namespace, name, service, groups):
                 records.setdefault(
                     f"{key}/_{(protocol or 'TCP').lower()}/_{port_name.lower()}/{label}",
                     layout.value(target, port=number))
+    for leaf, value in dashed.items():
+        # A dashed label never equals a hash label (those have no "-") nor an SRV label;
+        # it may equal a hostname (a valid DNS label), and the hostname's leaf wins.
+        records.setdefault(leaf, value)
     return records, problems
 
 

@@ -82,6 +82,18 @@ def attribute_name(labels) -> bool:
     return any(label.startswith("_") for label in labels)
 
 
+def address_alias(record) -> bool:
+    """Whether a record's key is named by its own address, dashed (``.../10-244-1-10`` for
+    10.244.1.10, as kube2sky names a headless endpoint the way CoreDNS answers it, beside
+    its hashed name). Of duplicate records, such a name yields to any other as the SRV/MX
+    target: it says no more than the address, and the other name is the one answers used
+    before the alias existed."""
+    if record.ip is None:
+        return False
+    label = record.key[record.key.rfind("/") + 1:].lower()
+    return label == str(record.ip).replace(".", "-").replace(":", "-")
+
+
 def hourly_serial(now: float) -> int:
     """SOA serial: the Unix time truncated to the hour (SkyDNS's), as an unsigned 32 bits."""
     return int(now) // 3600 * 3600 & 0xFFFFFFFF
@@ -126,13 +138,39 @@ class Authority:
         return text == domain or text.endswith("." + domain)
 
     def ttl(self, record, result) -> int:
-        ttl = record.ttl or self.config.ttl
+        ttl, fixed = record.ttl or self.config.ttl, record.ttl
+        if self.config.zone_ttls:
+            zone = self.zone_of_key(record.key)
+            if zone is not None:
+                ttl = fixed = zone[2]
         if record.lease:
             result.cacheable = False
             remaining = self.store.remaining_lease(record.lease)
             if remaining is not None:
-                ttl = min(ttl, remaining) if record.ttl else remaining
+                ttl = min(ttl, remaining) if fixed else remaining
         return ttl
+
+    def zone_of_key(self, key: str):
+        """The closest ``-zone-ttl`` zone holding an etcd key, or None."""
+        key = key.lower()
+        for zone in self.config.zone_ttls:
+            prefix = zone[1]
+            if key.startswith(prefix) and (len(key) == len(prefix) or key[len(prefix)] == "/"):
+                return zone
+        return None
+
+    def zone_of_name(self, name: str):
+        """The closest ``-zone-ttl`` zone holding a name (lower-case absolute text)."""
+        for zone in self.config.zone_ttls:
+            if name == zone[0] or name.endswith("." + zone[0]):
+                return zone
+        return None
+
+    def negative_ttl(self, name: str) -> int:
+        """TTL and minimum of the SOA in a negative answer for ``name``: its zone's
+        (``-zone-ttl``), else ``-min-ttl``."""
+        zone = self.zone_of_name(name) if self.config.zone_ttls else None
+        return self.config.min_ttl if zone is None else zone[3]
 
     def record_name(self, record) -> str:
         """The DNS name of a record's own key (SRV/MX/NS targets of address records)."""
@@ -165,15 +203,17 @@ class Authority:
         self.depend(labels, result, bool(nodes))
         if not nodes:
             return None
-        seen = set()
+        seen = {}  # identity -> index in records
         records = []
         for found_labels, node in nodes:
             for _, record in self.store.subtree(node, found_labels, skip_underscore=not srv):
                 identity = record.identity()
-                if identity in seen:
-                    continue
-                seen.add(identity)
-                records.append(record)
+                index = seen.get(identity)
+                if index is None:
+                    seen[identity] = len(records)
+                    records.append(record)
+                elif address_alias(records[index]) and not address_alias(record):
+                    records[index] = record  # the other name of that address is the target
         return self.group(records) if group else records
 
     @staticmethod
@@ -187,18 +227,20 @@ class Authority:
             return records
         return [r for r in records if not r.group or r.group == chosen]
 
-    def soa(self):
-        """(owner, data) of the zone's SOA; the serial changes hourly (SkyDNS's)."""
+    def soa(self, minimum=None):
+        """(owner, data) of the zone's SOA; the serial changes hourly (SkyDNS's). Its
+        minimum is ``-min-ttl`` unless given (a negative answer's, see negative_ttl)."""
         config = self.config
         return config.domain_text, ("ns.dns." + config.domain_text, config.hostmaster_text,
                                     hourly_serial(self.clock()), 28800, 7200, 604800,
-                                    config.min_ttl)
+                                    config.min_ttl if minimum is None else minimum)
 
-    def negative(self, result, nxdomain):
+    def negative(self, result, nxdomain, qname):
         result.rcode = dns.rcode.NXDOMAIN if nxdomain else dns.rcode.NOERROR
         result.answer = []
-        owner, data = self.soa()
-        result.authority = [(owner, T.SOA, self.config.min_ttl, data)]
+        ttl = self.negative_ttl(qname)
+        owner, data = self.soa(ttl)
+        result.authority = [(owner, T.SOA, ttl, data)]
         return result
 
     # -- entry point ---------------------------------------------------------------------
@@ -231,8 +273,9 @@ class Authority:
                 records = yield from self.address_records(qname, lookup, lookup_labels, qtype,
                                                      result, ())
             elif qtype == T.SOA and apex:
-                owner, data = self.soa()
-                records = [(qname, T.SOA, config.ttl, data)]
+                zone = self.zone_of_name(qname) if config.zone_ttls else None
+                owner, data = self.soa(self.negative_ttl(qname))
+                records = [(qname, T.SOA, config.ttl if zone is None else zone[2], data)]
             elif qtype == T.NS and apex:
                 records = self.ns_records(qname, result)
             elif qtype == T.TXT:
@@ -248,9 +291,9 @@ class Authority:
                     raise NameNotFound()
                 records = []
         except NameNotFound:
-            return self.negative(result, nxdomain=not apex)
+            return self.negative(result, not apex, qname)
         if not records:
-            return self.negative(result, nxdomain=False)
+            return self.negative(result, False, qname)
         result.answer = self.finish_answer(records)
         return result
 

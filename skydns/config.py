@@ -16,7 +16,7 @@ import socket
 
 import dns.name
 
-from .record import name_labels
+from .record import name_labels, name_to_key
 
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 
@@ -55,6 +55,7 @@ class Config:
     password: str = ""
     ttl: int = 3600
     min_ttl: int = 60
+    zone_ttl: str = ""
     priority: int = 10
     healthz_port: int = 8080
     healthz_addr: str = "0.0.0.0"
@@ -87,6 +88,7 @@ class Config:
             raise ConfigError("max-udp-size must be within 512..65535")
         if self.rtimeout <= 0:
             raise ConfigError("rtimeout must be positive")
+        parse_zone_ttls(self.zone_ttl, self.domain)
 
     # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
     # the general query path asks for them on every query.
@@ -121,6 +123,13 @@ class Config:
         """Key labels of stub.dns.<domain>, where stub-zone servers are stored."""
         return tuple(reversed(name_labels("stub.dns." + self.domain)))
 
+    @functools.cached_property
+    def zone_ttls(self) -> tuple:
+        """``-zone-ttl`` as (name, key prefix, record TTL, negative TTL), longest name
+        first, so the first match is the closest zone."""
+        return tuple((name, name_to_key(name, self.path_prefix), ttl, negative)
+                     for name, ttl, negative in parse_zone_ttls(self.zone_ttl, self.domain))
+
     @property
     def listen(self) -> tuple[str, int]:
         return parse_hostport(self.addr, 53)
@@ -135,6 +144,36 @@ def _absolute(name: str) -> str:
     except Exception as exc:  # dnspython raises several types for bad names
         raise ConfigError(f"{name!r} is not a valid domain name: {exc}") from None
     return name
+
+
+MAX_TTL = 2**31 - 1  # RFC 2181 8
+
+
+def parse_zone_ttls(text: str, domain: str) -> list:
+    """``NAME=TTL[/NEGATIVE],...`` -> [(name, ttl, negative)], longest name first.
+
+    Like CoreDNS's ``ttl`` for the zones of a server block: one TTL for the records at and
+    below NAME, whatever their own ``ttl``, and one for the SOA of negative answers there
+    (the record TTL when not given). NAME is the domain, a name below it, or a reverse
+    zone (below ``arpa.``, answered from /skydns/arpa)."""
+    zones = {}
+    for item in _split_list(text or ""):
+        name, sep, ttls = item.partition("=")
+        try:
+            values = [int(v) for v in ttls.split("/")] if sep else []
+        except ValueError:
+            values = []
+        if not name or not 1 <= len(values) <= 2 or not all(0 <= v <= MAX_TTL for v in values):
+            raise ConfigError(f"zone-ttl {item!r}: want NAME=TTL or NAME=TTL/NEGATIVE_TTL "
+                              f"(seconds, 0..{MAX_TTL})")
+        name = _absolute(name)
+        if not (name == domain or name.endswith("." + domain) or name.endswith(".arpa.")):
+            raise ConfigError(f"zone-ttl {item!r}: {name} is neither in {domain} nor a "
+                              "reverse zone below arpa.")
+        if name in zones:
+            raise ConfigError(f"zone-ttl: {name} given twice")
+        zones[name] = (values[0], values[-1])
+    return [(name, *zones[name]) for name in sorted(zones, key=lambda n: (-len(n), n))]
 
 
 def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
@@ -249,6 +288,10 @@ _FLAGS = [
     ("password", "password", str, "ETCD_PASSWORD", "etcd password"),
     ("ttl", "ttl", int, None, "default record TTL"),
     ("min-ttl", "min_ttl", int, None, "TTL of the SOA in negative answers"),
+    ("zone-ttl", "zone_ttl", str, "SKYDNS_ZONE_TTL",
+     "NAME=TTL[/NEGATIVE],...: TTL of every record at and below NAME (instead of its own "
+     "ttl; a lease still caps it) and of the SOA in negative answers there, as CoreDNS's "
+     "ttl (e.g. cluster.local.=5)"),
     ("priority", "priority", int, None, "default SRV priority / MX preference"),
     ("healthz-port", "healthz_port", int, "SKYDNS_HEALTHZ_PORT",
      "HTTP port for /healthz (0: off)"),
@@ -317,6 +360,7 @@ _ETCD_KEYS = {
     "rcache_ttl": ("rcache_ttl", int), "ndot": ("ndots", int),
     "max_udp_size": ("max_udp_size", int), "rcache_stale": ("rcache_stale", int),
     "rcache_prefetch": ("rcache_prefetch", int), "max_concurrent": ("max_concurrent", int),
+    "zone_ttl": ("zone_ttl", str),
 }
 
 

@@ -8,6 +8,9 @@ salt and 0 iterations (RFC 9276).
 
 The key is a BIND pair as written by ``dnssec-keygen``: ``<base>.key`` holds the DNSKEY RR,
 ``<base>.private`` the private key in "Private-key-format v1.2/v1.3".
+
+RSASHA1 (5) and RSASHA1-NSEC3-SHA1 (7) keys are accepted so that existing SkyDNS deployments
+keep working, with a warning at start: RFC 8624 says not to sign with SHA-1.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import struct
 import threading
@@ -34,14 +38,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 __all__ = ["DnssecKeyError", "DnssecSigner", "generate_key_files"]
 
+_RSASHA1, _RSASHA1_NSEC3 = 5, 7
 _RSASHA256, _RSASHA512, _ECDSAP256, _ECDSAP384, _ED25519 = 8, 10, 13, 14, 15
 _ALGORITHMS = {
+    _RSASHA1: "RSASHA1",
+    _RSASHA1_NSEC3: "RSASHA1-NSEC3-SHA1",
     _RSASHA256: "RSASHA256",
     _RSASHA512: "RSASHA512",
     _ECDSAP256: "ECDSAP256SHA256",
     _ECDSAP384: "ECDSAP384SHA384",
     _ED25519: "ED25519",
 }
+_RSA_ALGORITHMS = frozenset({_RSASHA1, _RSASHA1_NSEC3, _RSASHA256, _RSASHA512})
+_SHA1_ALGORITHMS = frozenset({_RSASHA1, _RSASHA1_NSEC3})  # deprecated: warned about at start
 _EC_CURVES = {_ECDSAP256: (ec.SECP256R1(), 32), _ECDSAP384: (ec.SECP384R1(), 48)}
 _RSA_FIELDS = ("Modulus", "PublicExponent", "PrivateExponent", "Prime1", "Prime2",
                "Exponent1", "Exponent2", "Coefficient")
@@ -56,6 +65,8 @@ _HASH_MOD = 1 << 160
 _APEX_TYPES = frozenset({dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.DNSKEY,
                          dns.rdatatype.NSEC3PARAM, dns.rdatatype.RRSIG})
 _UNSIGNED = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.OPT, dns.rdatatype.TSIG})
+
+log = logging.getLogger("skydns.dnssec")
 
 
 class DnssecKeyError(Exception):
@@ -137,7 +148,7 @@ def _parse_private(path: str, text: str):
         raise DnssecKeyError(f"{path}: unsupported algorithm {alg_text!r} (supported: "
                              + ", ".join(f"{a} {n}" for a, n in _ALGORITHMS.items()) + ")")
     try:
-        if algorithm in (_RSASHA256, _RSASHA512):
+        if algorithm in _RSA_ALGORITHMS:  # RFC 3110 (5), RFC 5155 (7), RFC 5702 (8, 10)
             n, e, d, p, q, dmp1, dmq1, iqmp = (
                 int.from_bytes(_b64_field(path, fields, f), "big") for f in _RSA_FIELDS)
             key = rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp,
@@ -164,11 +175,11 @@ def _b64_int(value: int) -> str:
 
 def generate_key_files(directory: str, zone: str, algorithm: int = _ECDSAP256) -> str:
     """Write a BIND-format K<zone>.+<alg>+<tag>.key/.private pair (as dnssec-keygen would,
-    KSK/ZSK flag 257) and return the base path. For tests and docs."""
+    KSK/ZSK flag 257) and return the base path. For tests and docs. RSA keys are 2048 bits."""
     if algorithm not in _ALGORITHMS:
         raise ValueError(f"unsupported DNSSEC algorithm {algorithm}")
     origin = dns.name.from_text(zone) if isinstance(zone, str) else zone
-    if algorithm in (_RSASHA256, _RSASHA512):
+    if algorithm in _RSA_ALGORITHMS:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         nums = key.private_numbers()
         values = (nums.public_numbers.n, nums.public_numbers.e, nums.d, nums.p, nums.q,
@@ -244,11 +255,36 @@ class DnssecSigner:
         self.dnskey = dnskey
         self.key_tag = dns.dnssec.key_id(dnskey)
         self._signing_key = dns.dnssec.get_algorithm_cls_from_dnskey(dnskey)(key=key)
+        if algorithm in _SHA1_ALGORITHMS:
+            self._check_sha1(private_path, algorithm)
         self._dnskey_rrset = dns.rrset.from_rdata(self.zone, dnskey_ttl, dnskey)
         self._cache: OrderedDict[bytes, dns.rdata.Rdata] = OrderedDict()
         self._cache_size = max(0, sig_cache_size)
         self._lock = threading.Lock()
         self.cache_misses = 0  # signatures computed (for skydns_dns_cachemiss_count)
+
+    def _check_sha1(self, private_path: str, algorithm: int) -> None:
+        """Warn about a SHA-1 key, and fail now (not on every query) if the crypto library
+        refuses SHA-1 signatures (as some system crypto policies do)."""
+        extra = ""
+        if algorithm == _RSASHA1:
+            # RFC 5155 section 2: NSEC3 zones are to be signed with NSEC3-capable algorithms
+            # only; 7 is the NSEC3-capable alias of 5. skydns always denies with NSEC3.
+            extra = (" Algorithm 5 is not NSEC3-capable (RFC 5155) but skydns proves "
+                     "non-existence with NSEC3, so validators may treat its denials as "
+                     "insecure; algorithm 7 is the NSEC3-capable equivalent.")
+        log.warning("DNSSEC key %s uses algorithm %d (%s): RFC 8624 says signing with "
+                    "RSASHA1 and RSASHA1-NSEC3-SHA1 is NOT RECOMMENDED (SHA-1 is broken for "
+                    "signatures), and validators that refuse SHA-1 treat the zone as "
+                    "insecure.%s Generate a new key with ECDSAP256SHA256 (13), e.g. "
+                    "'dnssec-keygen -a ECDSAP256SHA256 -f KSK %s', and roll the DS at the "
+                    "parent.", private_path, algorithm, _ALGORITHMS[algorithm], extra,
+                    self.zone.to_text())
+        try:
+            self._signing_key.sign(b"skydns SHA-1 signing probe")
+        except Exception as e:  # OpenSSL policies raise various errors for SHA-1
+            raise DnssecKeyError(f"{private_path}: cannot sign with algorithm {algorithm} "
+                                 f"({_ALGORITHMS[algorithm]}) here: {e!r}") from e
 
     def dnskey_rrset(self) -> dns.rrset.RRset:
         """The DNSKEY RRset at the apex (a copy, so callers may put it in a message)."""

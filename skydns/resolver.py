@@ -37,11 +37,17 @@ log = logging.getLogger("skydns.resolver")
 T = dns.rdatatype
 STUB_OPTION = 65011
 REVERSE_ZONES = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
-AUTHORS = "SkyDNS by Miek Gieben and Brian Ketelsen; Python rewrite by the skydns-kube team"
+# SkyDNS's answer to `authors.bind. TXT CH` and `<domain> TXT CH`: one TXT per author, TTL 0.
+AUTHORS = ("Erik St. Martin", "Brian Ketelsen", "Miek Gieben", "Michael Crosby")
 # Forwarding events counted in skydns_forward_events_total{event}.
 FORWARD_EVENTS = ("coalesced", "prefetch", "stale", "tcp-retry")
 PREFETCH_FRACTION = 0.1  # refresh a popular entry in the last tenth of its life...
 PREFETCH_MIN_WINDOW = 1.0  # ...or its last second, for short TTLs (they count whole seconds)
+
+
+def with_ra(reply: bytes) -> bytes:
+    """A reply relayed from upstream, with RA set: recursion is what this server offers."""
+    return reply[:3] + bytes([reply[3] | 0x80]) + reply[4:]
 
 
 class RateLimitedLog:
@@ -173,8 +179,8 @@ class Resolver:
         qname, qtype, qclass = question.name, question.rdtype, question.rdclass
         if qclass == dns.rdataclass.CH:
             return defer.succeed(self.chaos(request, qname, qtype))
-        if qtype == T.ANY:
-            return defer.succeed(self.error(request, dns.rcode.REFUSED, "refused"))
+        if qtype == T.ANY:  # refused without RA, as SkyDNS does
+            return defer.succeed(self.error(request, dns.rcode.REFUSED, "refused", ra=False))
         if qclass != dns.rdataclass.IN:
             return defer.succeed(self.error(request, dns.rcode.REFUSED, "refused"))
         if self.config.stubzones:
@@ -192,26 +198,34 @@ class Resolver:
             return self.forward(request, wire, tcp, system="reverse")
         return self.forward(request, wire, tcp, system="recursive")
 
-    def error(self, request, rcode, cause, system="auth"):
-        response = dns.message.make_response(request)
+    def error(self, request, rcode, cause, system="auth", ra=True):
+        """An answer with no records. RA is set (SkyDNS sets it on every reply but the ANY
+        refusal): a SERVFAIL for a name that could not be forwarded still comes from a
+        server that offers recursion, and a stub resolver may skip a server without it."""
+        response = dns.message.make_response(request, recursion_available=ra)
         response.set_rcode(rcode)
         self.metrics.error(cause)
         return Reply(response, system=system)
 
     def chaos(self, request, qname, qtype):
+        """CHAOS TXT as SkyDNS answers it: the version, the host name, and the authors at
+        ``authors.bind.`` and at the domain's own name; AA and RA set, TTL 0."""
+        version = "skydns-kube " + __version__
         answers = {
-            "version.bind.": "skydns-kube " + __version__,
-            "version.server.": "skydns-kube " + __version__,
-            "hostname.bind.": socket.gethostname(),
-            "id.server.": socket.gethostname(),
+            "version.bind.": (version,),
+            "version.server.": (version,),
+            "hostname.bind.": (socket.gethostname(),),
+            "id.server.": (socket.gethostname(),),
             "authors.bind.": AUTHORS,
+            self.config.domain_text: AUTHORS,
         }
-        text = answers.get(qname.to_text().lower())
-        if qtype != T.TXT or text is None:
+        texts = answers.get(qname.to_text().lower())
+        if qtype != T.TXT or texts is None:
             return self.error(request, dns.rcode.SERVFAIL, "fail")
-        response = dns.message.make_response(request)
+        response = self.make_response(request, aa=True)
         response.answer.append(dns.rrset.from_text_list(
-            qname, 0, dns.rdataclass.CH, T.TXT, ['"%s"' % text.replace('"', "")]))
+            qname, 0, dns.rdataclass.CH, T.TXT,
+            ['"%s"' % text.replace("\\", "").replace('"', "") for text in texts]))
         return Reply(response)
 
     # -- authoritative -------------------------------------------------------------------
@@ -236,7 +250,8 @@ class Resolver:
                 if encloser == qname and nxdomain:
                     encloser = self.config.domain_name
                 self.signer.add_denial(response, qname, nxdomain, encloser,
-                                       self.authority.types_at(qname), self.config.min_ttl)
+                                       self.authority.types_at(qname),
+                                       self.authority.negative_ttl(name_text(qname)))
             self.secure(response, request)
             return Reply(response, system="auth")
         return Reply(response, system=result.system, cacheable=result.cacheable,
@@ -480,8 +495,9 @@ class Resolver:
             if not reply[2] & 0x02:
                 break
         message = dns.message.from_wire(reply)
-        if message.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            # NXDOMAIN is an answer (no records): SkyDNS then kept the bare CNAME.
+        if message.rcode() != dns.rcode.NOERROR:
+            # SkyDNS's Lookup fails on any other rcode, NXDOMAIN included, and the CNAME
+            # (or the glue) that needed the target is left out of the answer.
             raise ForwardError(f"upstream answered {dns.rcode.to_text(message.rcode())}")
         return [(rrset.name, rrset.rdtype, rrset.ttl, rdata)
                 for rrset in message.answer for rdata in rrset]
@@ -528,7 +544,7 @@ class Resolver:
 
     @staticmethod
     def _arrived(reply, key, cache, limit, deps):
-        reply = reply[:3] + bytes([reply[3] | 0x80]) + reply[4:]  # relayed with RA set
+        reply = with_ra(reply)
         if key is not None and len(reply) <= limit:
             cache.store(key, reply, limit, deps)
         return reply
@@ -596,5 +612,5 @@ class Resolver:
             self.failure_log.warn("stub forwarding %s failed: %s", request.question[0].name,
                                   exc)
             return self.error(request, dns.rcode.SERVFAIL, "fail", system="stub")
-        return Reply(wire=reply, system="stub")
+        return Reply(wire=with_ra(reply), system="stub")
 

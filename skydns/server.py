@@ -136,7 +136,7 @@ class QueryHandler:
         return self._servfail(request)
 
     def _servfail(self, request):
-        response = dns.message.make_response(request)
+        response = dns.message.make_response(request, recursion_available=True)
         response.set_rcode(dns.rcode.SERVFAIL)
         return wirefmt.to_wire(response)
 
@@ -196,7 +196,8 @@ class QueryHandler:
         flood of unique names never enters it."""
         cache = self.cache
         qend = query.qend
-        shape = (qend, query.name[-self.resolver.soa_suffix_length() - 1:])
+        shape = (qend, query.name[-self.resolver.soa_suffix_length() - 1:],
+                 self.resolver.authority.negative_ttl(query.name))
         tail = cache.templates.get(shape)
         if tail is None:
             tail = self._nxdomain_tail(query, data)
@@ -223,8 +224,10 @@ class QueryHandler:
 
     def _nxdomain_tail(self, query, data):
         """The SOA record as the encoder writes it after this question."""
-        owner, soa = self.resolver.authority.soa()
-        record = (owner, dns.rdatatype.SOA, self.config.min_ttl, soa)
+        authority = self.resolver.authority
+        ttl = authority.negative_ttl(query.name)
+        owner, soa = authority.soa(ttl)
+        record = (owner, dns.rdatatype.SOA, ttl, soa)
         out = encoder.message(data[:2], 0, data[12:query.qend], (), [record[:3] + ([soa],)],
                               (), None, 65535, query.name)
         return out[query.qend:]

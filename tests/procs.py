@@ -219,13 +219,15 @@ class Skydns:
 class Upstream:
     """A small authoritative DNS server standing in for the upstream resolvers.
 
-    ``zone`` maps (lower-case name, type name) to a list of rdata texts. It records the
+    ``zone`` maps (lower-case name, type name) to a list of rdata texts; names in ``failing``
+    get SERVFAIL, other names not in the zone NXDOMAIN. It records the
     queries it got and their transports ("udp"/"tcp"), so tests can see what was forwarded
     and how; a UDP answer too big for the client is truncated with TC, as a real server does.
     """
 
-    def __init__(self, zone=None):
+    def __init__(self, zone=None, failing=()):
         self.zone = dict(zone or {})
+        self.failing = {name.lower() for name in failing}  # answered SERVFAIL
         self.queries = []
         self.transports = []
         self.port = free_port()
@@ -259,7 +261,9 @@ class Upstream:
         response = dns.message.make_response(query)
         q = query.question[0]
         key = (q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype))
-        if key in self.zone:
+        if key[0] in self.failing:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif key in self.zone:
             response.answer.append(dns.rrset.from_text_list(q.name, 300, "IN", q.rdtype,
                                                             self.zone[key]))
         elif not any(n == key[0] for n, _ in self.zone):

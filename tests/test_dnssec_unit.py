@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import time
 
 import dns.dnssec
+import dns.dnssecalgs.rsa
 import dns.message
 import dns.name
 import dns.rcode
@@ -17,7 +19,9 @@ import pytest
 from skydns.dnssec import DnssecKeyError, DnssecSigner, generate_key_files
 
 ZONE = dns.name.from_text("cluster.local.")
-ALGORITHMS = [8, 10, 13, 14, 15]
+MODERN = [8, 10, 13, 14, 15]
+SHA1 = [5, 7]  # RSASHA1, RSASHA1-NSEC3-SHA1: accepted for old SkyDNS keys, with a warning
+ALGORITHMS = SHA1 + MODERN
 NOW = 1_700_000_000.0
 DAY = 86400
 
@@ -27,9 +31,22 @@ def keydir(tmp_path_factory):
     return tmp_path_factory.mktemp("keys")
 
 
+class _KeyBases(dict):
+    """algorithm -> base path of a generated pair, made on first use (so that a failure for
+    one algorithm only fails the tests that use it)."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = directory
+
+    def __missing__(self, alg):
+        self[alg] = generate_key_files(self.directory, "cluster.local.", alg)
+        return self[alg]
+
+
 @pytest.fixture(scope="module")
 def key_bases(keydir):
-    return {alg: generate_key_files(str(keydir), "cluster.local.", alg) for alg in ALGORITHMS}
+    return _KeyBases(str(keydir))
 
 
 @pytest.fixture
@@ -392,8 +409,13 @@ def drop_line(text, prefix):
 @pytest.mark.parametrize("alg, mutate, reason", [
     (13, lambda t: drop_line(t, "PrivateKey:"), "missing field PrivateKey"),
     (8, lambda t: drop_line(t, "Prime2:"), "missing field Prime2"),
-    (13, lambda t: t.replace("Algorithm: 13 (ECDSAP256SHA256)", "Algorithm: 5 (RSASHA1)"),
+    (13, lambda t: t.replace("Algorithm: 13 (ECDSAP256SHA256)", "Algorithm: 1 (RSAMD5)"),
      "unsupported algorithm"),
+    (13, lambda t: t.replace("Algorithm: 13 (ECDSAP256SHA256)", "Algorithm: 3 (DSA)"),
+     "unsupported algorithm"),
+    (13, lambda t: t.replace("Algorithm: 13 (ECDSAP256SHA256)", "Algorithm: 5 (RSASHA1)"),
+     "missing field Modulus"),  # 5 is read as an RSA key now
+    (7, lambda t: drop_line(t, "Coefficient:"), "missing field Coefficient"),
     (13, lambda t: t.replace("Algorithm: 13 (ECDSAP256SHA256)", "Algorithm: 99"),
      "unsupported algorithm"),
     (13, lambda t: drop_line(t, "Algorithm:"), "Algorithm"),
@@ -450,9 +472,10 @@ def test_key_pair_mismatches(tmp_path, key_bases):
         DnssecSigner(key_bases[13], "skydns.local.")
 
 
-def test_generate_rejects_unsupported_algorithm(tmp_path):
+@pytest.mark.parametrize("alg", [1, 3, 6, 16])
+def test_generate_rejects_unsupported_algorithm(tmp_path, alg):
     with pytest.raises(ValueError):
-        generate_key_files(str(tmp_path), "cluster.local.", 5)
+        generate_key_files(str(tmp_path), "cluster.local.", alg)
 
 
 def test_reads_rfc8080_example_key(tmp_path):
@@ -474,3 +497,114 @@ def test_reads_rfc8080_example_key(tmp_path):
     msg.answer.append(mx)
     signer.sign_response(msg)
     dns.dnssec.validate(mx, msg.answer[1], {dns.name.from_text("example.com."): expected})
+
+
+# --- SHA-1 algorithms (5, 7) kept for existing SkyDNS keys -----------------------------------
+
+
+def dnssec_warnings(caplog):
+    return [r for r in caplog.records
+            if r.name == "skydns.dnssec" and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("alg, name, nsec3_capable", [
+    (5, "RSASHA1", False),
+    (7, "RSASHA1-NSEC3-SHA1", True),
+])
+def test_sha1_key_loads_signs_and_warns(key_bases, caplog, alg, name, nsec3_capable):
+    base = key_bases[alg]
+    with open(base + ".private") as f:
+        assert f.read().startswith(f"Private-key-format: v1.3\nAlgorithm: {alg} ({name})\n")
+    caplog.set_level(logging.INFO)
+    signer = DnssecSigner(base + ".key", "cluster.local.")
+
+    (record,) = dnssec_warnings(caplog)
+    text = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert base + ".private" in text and f"algorithm {alg} ({name})" in text
+    assert "RFC 8624" in text and "NOT RECOMMENDED" in text
+    assert "RSASHA1 and RSASHA1-NSEC3-SHA1" in text and "ECDSAP256SHA256 (13)" in text
+    assert ("not NSEC3-capable" in text) is not nsec3_capable
+
+    dnskey = signer.dnskey_rrset()
+    assert dnskey[0].algorithm == alg and dnskey[0].protocol == 3 and dnskey[0].flags == 257
+    assert dnskey[0] == dnskey_from_key_file(base)[0]
+    msg = response()
+    msg.answer.append(a_rrset())
+    msg.answer.append(signer.dnskey_rrset())
+    signer.sign_response(msg)
+    for rrset in (a_rrset(), dnskey):
+        sig_rrset = sigs(msg)[(rrset.name, rrset.rdtype)]
+        assert sig_rrset[0].algorithm == alg and sig_rrset[0].key_tag == signer.key_tag
+        assert len(sig_rrset[0].signature) == 256  # RSA-2048, PKCS#1 v1.5
+        dns.dnssec.validate(rrset, sig_rrset, {ZONE: dnskey})
+    with pytest.raises(dns.dnssec.ValidationFailure):
+        tampered = a_rrset(addr="10.0.0.2")
+        dns.dnssec.validate(tampered, sigs(msg)[(tampered.name, tampered.rdtype)], {ZONE: dnskey})
+
+
+@pytest.mark.parametrize("alg", SHA1)
+def test_sha1_signature_is_pkcs1_v15_with_sha1(key_bases, alg):
+    """Checked with `cryptography` directly, not through dnspython: RFC 3110 section 3."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signer = DnssecSigner(key_bases[alg], ZONE)
+    msg = response()
+    msg.answer.append(a_rrset())
+    signer.sign_response(msg, now=NOW)
+    sig = msg.answer[1][0]
+    data = dns.dnssec._make_rrsig_signature_data(a_rrset(), sig)  # RFC 4034 section 3.1.8.1
+    public = dns.dnssecalgs.get_algorithm_cls(alg).public_cls.from_dnskey(signer.dnskey).key
+    public.verify(sig.signature, data, padding.PKCS1v15(), hashes.SHA1())
+    with pytest.raises(InvalidSignature):  # and it is not a SHA-256 signature
+        public.verify(sig.signature, data, padding.PKCS1v15(), hashes.SHA256())
+
+
+@pytest.mark.parametrize("alg", SHA1)
+def test_sha1_nsec3_denials_validate(key_bases, alg):
+    signer = DnssecSigner(key_bases[alg], ZONE)
+    qname = dns.name.from_text("nope.svc.cluster.local.")
+    msg = response(qname.to_text())
+    msg.set_rcode(dns.rcode.NXDOMAIN)
+    signer.add_denial(msg, qname, True, dns.name.from_text("svc.cluster.local."), set(), 30)
+    nodata = dns.name.from_text("web.default.svc.cluster.local.")
+    signer.add_denial(msg, nodata, False, nodata, {dns.rdatatype.A}, 30)
+    signer.sign_response(msg)
+    records = nsec3s(msg)
+    assert len(records) == 4
+    auth_sigs = sigs(msg, "authority")
+    for rrset in records:
+        assert (rrset[0].algorithm, rrset[0].iterations, rrset[0].salt) == (1, 0, b"")
+        sig_rrset = auth_sigs[(rrset.name, dns.rdatatype.NSEC3)]
+        assert sig_rrset[0].algorithm == alg
+        dns.dnssec.validate(rrset, sig_rrset, keys_of(signer))
+
+
+@pytest.mark.parametrize("alg", MODERN)
+def test_modern_algorithms_do_not_warn(key_bases, caplog, alg):
+    caplog.set_level(logging.DEBUG)
+    signer = DnssecSigner(key_bases[alg], ZONE)
+    assert signer.dnskey.algorithm == alg
+    assert dnssec_warnings(caplog) == []
+
+
+def test_sha1_key_with_other_algorithm_number_is_refused(tmp_path, key_bases):
+    """Same RSA key material, but the .key says 7 and the .private says 5."""
+    with open(key_bases[5] + ".key") as f:
+        relabelled = f.read().replace(" DNSKEY 257 3 5 ", " DNSKEY 257 3 7 ")
+    base = copy_pair(key_bases[5], str(tmp_path), key_text=relabelled)
+    with pytest.raises(DnssecKeyError, match=r"algorithm 7 does not match .*algorithm 5"):
+        DnssecSigner(base, ZONE)
+
+
+def test_sha1_key_fails_at_start_when_sha1_signing_is_refused(key_bases, monkeypatch):
+    """A crypto policy that forbids SHA-1 signatures (as e.g. RHEL 9's DEFAULT does) must
+    stop skydns at start with the file named, not fail every signed answer later."""
+    def refuse(self, data, verify=False, deterministic=True):
+        raise ValueError("SHA1 signatures are disabled by policy")
+    monkeypatch.setattr(dns.dnssecalgs.rsa.PrivateRSASHA1NSEC3SHA1, "sign", refuse)
+    with pytest.raises(DnssecKeyError, match="cannot sign with algorithm 7") as err:
+        DnssecSigner(key_bases[7], ZONE)
+    assert key_bases[7] + ".private" in str(err.value)

@@ -34,8 +34,13 @@ CAP = 1232
 
 def upstream_zone():
     """The semantics tests' upstream zone as an in-memory upstream callable."""
+    names = {owner for owner, _ in sem.UPSTREAM_ZONE}
+
     def lookup(name, rdtype):
-        texts = sem.UPSTREAM_ZONE.get((name.to_text().lower(), dns.rdatatype.to_text(rdtype)))
+        text = name.to_text().lower()
+        if text not in names:  # NXDOMAIN: the resolver's lookup_target fails then
+            return defer.fail(LookupError(f"{text}: NXDOMAIN"))
+        texts = sem.UPSTREAM_ZONE.get((text, dns.rdatatype.to_text(rdtype)))
         if not texts:
             return defer.succeed([])
         rrset = dns.rrset.from_text_list(name, 300, "IN", rdtype, texts)

@@ -84,6 +84,8 @@ def headless_keys(ns, name, endpoints, ports=()):
         label = hostname or lbl(ip)
         target = f"{label}.{name}.{ns}.svc.{DOMAIN}."
         keys[f"{BASE}/svc/{ns}/{name}/{label}"] = val(ip)
+        if not hostname:  # also named by its dashed IP, as in CoreDNS
+            keys[f"{BASE}/svc/{ns}/{name}/{ip.replace('.', '-')}"] = val(ip)
         keys[ptr_key(ip)] = val(target)
         for pname, number, proto in ports:
             keys[f"{BASE}/svc/{ns}/{name}/_{proto}/_{pname}/{label}"] = val(target, number)

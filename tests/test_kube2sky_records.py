@@ -80,9 +80,10 @@ def test_headless_service_with_hostnames_and_annotation():
     records, problems = service_records(L, svc("db", cluster_ip="None"), from_endpoints(ep))
     assert problems == []
     hashed = [k for k in records if k.startswith(f"{BASE}/svc/default/db/")
-              and "/_" not in k and k.rsplit("/", 1)[1] not in ("pg-0", "pg-1")]
+              and "/_" not in k and k.rsplit("/", 1)[1] not in ("pg-0", "pg-1", "10-244-3-9")]
     assert len(hashed) == 1  # 10.244.3.9 gets the FNV label; the not-ready one nothing
     label = hashed[0].rsplit("/", 1)[1]
+    assert records[f"{BASE}/svc/default/db/10-244-3-9"] == value("10.244.3.9")
     assert records[f"{BASE}/svc/default/db/pg-0"] == value("10.244.1.5")
     assert records[f"{BASE}/svc/default/db/pg-1"] == value("10.244.2.7")
     assert records[f"{BASE}/svc/default/db/_tcp/_pg/pg-0"] == value(
@@ -112,9 +113,135 @@ def test_slices_merge_and_missing_ready_means_ready():
                           {"addresses": ["10.1.0.3"], "conditions": {"ready": True}}],
                  [{"name": "pg", "port": 5432, "protocol": "TCP"}])]
     records, _ = service_records(L, svc("db", cluster_ip="None"), from_slices(slices))
-    hosts = sorted(json.loads(v)["host"] for k, v in records.items()
-                   if "/svc/" in k and "/_" not in k)
+    hosts = sorted({json.loads(v)["host"] for k, v in records.items()
+                    if "/svc/" in k and "/_" not in k})
     assert hosts == ["10.1.0.1", "10.1.0.3"]
+
+
+# -- headless endpoints without a hostname: also named by their dashed IP (CoreDNS) -------
+
+def kube2sky_label(host):
+    """The original kube2sky's leaf label, computed here: FNV-1a 32 of its value, hex."""
+    text = ('{"host":"%s","priority":10,"weight":10,"ttl":30,"targetstrip":0}'
+            % ipaddress.ip_address(host).compressed)
+    h = 0x811C9DC5
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return format(h, "x")
+
+
+def ptr_key(ip):
+    return "/skydns/" + "/".join(reversed(ipaddress.ip_address(ip).reverse_pointer.split(".")))
+
+
+def layout_before(name, endpoints, ports=(), ns="default"):
+    """The headless layout as it was before dashed-IP names: per (ip, label or None) an
+    address leaf named by the label or the hash, SRV leaves and a PTR naming that leaf."""
+    key, fqdn = f"{BASE}/svc/{ns}/{name}", f"{name}.{ns}.svc.cluster.local."
+    records = {}
+    for ip, label in endpoints:
+        host = ipaddress.ip_address(ip).compressed
+        label = label or kube2sky_label(ip)
+        records[f"{key}/{label}"] = value(host)
+        records[ptr_key(ip)] = value(f"{label}.{fqdn}")
+        for port_name, number in ports:
+            records[f"{key}/_tcp/_{port_name}/{label}"] = value(f"{label}.{fqdn}", number)
+    return records
+
+
+def slice_of(name, service, endpoints, family="IPv4", ports=(("pg", 5432),)):
+    return {"metadata": {"namespace": "default", "name": name,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": family,
+            "endpoints": [{"addresses": [ip], **({"hostname": h} if h else {})}
+                          for ip, h in endpoints],
+            "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports]}
+
+
+def test_headless_endpoints_without_hostname_also_get_their_dashed_ip_leaf():
+    v4 = [("10.244.1.10", None), ("10.244.2.7", "pg-0"), ("10.244.3.3", "Not_A_Label")]
+    v6 = [("fd00::1", None), ("fd00::2", "pg-1"),
+          ("2001:0db8:0000:0000:0001:0000:0000:0007", None)]
+    slices = [slice_of("db-v4", "db", v4), slice_of("db-v6", "db", v6, family="IPv6")]
+    records, problems = service_records(L, svc("db", cluster_ip="None"), from_slices(slices))
+    assert problems == ["endpoints default/db: hostname 'Not_A_Label' is not a DNS label; "
+                        "using the hashed name"]
+    before = layout_before("db", [(ip, None if h == "Not_A_Label" else h) for ip, h in v4 + v6],
+                           [("pg", 5432)])
+    # CoreDNS's names: the address text with "." and ":" as "-", IPv6 compressed as Go
+    # prints it; the invalid hostname counts as none.
+    dashed = {f"{BASE}/svc/default/db/10-244-1-10": value("10.244.1.10"),
+              f"{BASE}/svc/default/db/10-244-3-3": value("10.244.3.3"),
+              f"{BASE}/svc/default/db/fd00--1": value("fd00::1"),
+              f"{BASE}/svc/default/db/2001-db8--1-0-0-7": value("2001:db8::1:0:0:7")}
+    assert records == {**before, **dashed}
+    # what was there stays exactly as it was: the hash leaves, SRV leaves and targets, PTRs
+    assert {k: v for k, v in records.items() if k not in dashed} == before
+    # endpoints with a hostname are named by it only
+    for ip in ("10-244-2-7", "fd00--2"):
+        assert not any(k.endswith(f"/{ip}") for k in records)
+
+
+@pytest.mark.parametrize("order", ["hostname slice first", "hostname slice last"])
+def test_a_hostname_equal_to_a_dashed_label_keeps_its_leaf(order):
+    """A hostname may be 10-244-1-10: that name stays the hostname's, whatever the order
+    the addresses come in; 10.244.1.10 (no hostname) keeps its hash leaf, SRV and PTR."""
+    named = slice_of("db-a", "db", [("10.244.9.9", "10-244-1-10")])
+    bare = slice_of("db-b", "db", [("10.244.1.10", None), ("10.244.1.11", None)])
+    if order == "hostname slice last":
+        named["metadata"]["name"], bare["metadata"]["name"] = "db-b", "db-a"
+    records, _ = service_records(L, svc("db", cluster_ip="None"), from_slices([named, bare]))
+    before = layout_before("db", [("10.244.9.9", "10-244-1-10"), ("10.244.1.10", None),
+                                  ("10.244.1.11", None)], [("pg", 5432)])
+    assert records == {**before, f"{BASE}/svc/default/db/10-244-1-11": value("10.244.1.11")}
+    assert records[f"{BASE}/svc/default/db/10-244-1-10"] == value("10.244.9.9")
+    # the same within one Endpoints subset, in either address order
+    for addresses in ([{"ip": "10.244.9.9", "hostname": "10-244-1-10"}, {"ip": "10.244.1.10"}],
+                      [{"ip": "10.244.1.10"}, {"ip": "10.244.9.9", "hostname": "10-244-1-10"}]):
+        got, _ = service_records(L, svc("db", cluster_ip="None"), from_endpoints(endpoints(
+            [{"addresses": addresses, "ports": [{"name": "pg", "port": 5432}]}])))
+        assert got == layout_before("db", [("10.244.9.9", "10-244-1-10"), ("10.244.1.10", None)],
+                                    [("pg", 5432)])
+
+
+def test_dashed_leaves_only_for_published_addresses():
+    ep = endpoints([{"addresses": [{"ip": "10.244.1.1"}],
+                     "notReadyAddresses": [{"ip": "10.244.4.4"}], "ports": []}])
+    records, _ = service_records(L, svc("db", cluster_ip="None"), from_endpoints(ep))
+    assert records == {**layout_before("db", [("10.244.1.1", None)]),
+                       f"{BASE}/svc/default/db/10-244-1-1": value("10.244.1.1")}
+    records, _ = service_records(L, svc("db", cluster_ip="None", publishNotReadyAddresses=True),
+                                 from_endpoints(ep))
+    assert records == {**layout_before("db", [("10.244.1.1", None), ("10.244.4.4", None)]),
+                       f"{BASE}/svc/default/db/10-244-1-1": value("10.244.1.1"),
+                       f"{BASE}/svc/default/db/10-244-4-4": value("10.244.4.4")}
+
+
+def test_cluster_ip_services_get_no_dashed_leaf():
+    records, _ = service_records(L, svc("web", cluster_ip="10.0.0.1"), None)
+    assert not any("10-0-0-1" in k for k in records)
+
+
+def test_a_hostname_given_or_taken_away_moves_the_dashed_leaf():
+    state = DesiredState(L, use_slices=False)
+    state.set_service(svc("db", cluster_ip="None"))
+    meta = {"namespace": "default", "name": "db"}
+    changes = state.set_endpoints({"metadata": meta, "subsets": [
+        {"addresses": [{"ip": "10.244.1.10"}]}]})
+    assert changes[f"{BASE}/svc/default/db/10-244-1-10"] == value("10.244.1.10")
+    changes = state.set_endpoints({"metadata": meta, "subsets": [
+        {"addresses": [{"ip": "10.244.1.10", "hostname": "pg-0"}]}]})
+    assert changes == {f"{BASE}/svc/default/db/10-244-1-10": None,
+                       f"{BASE}/svc/default/db/eab4ec": None,  # the reference's check label
+                       f"{BASE}/svc/default/db/pg-0": value("10.244.1.10"),
+                       "/skydns/arpa/in-addr/10/244/1/10":
+                           value("pg-0.db.default.svc.cluster.local.")}
+    changes = state.set_endpoints({"metadata": meta, "subsets": [
+        {"addresses": [{"ip": "10.244.1.10", "hostname": "10-244-1-10"}]}]})
+    assert changes == {f"{BASE}/svc/default/db/pg-0": None,
+                       f"{BASE}/svc/default/db/10-244-1-10": value("10.244.1.10"),
+                       "/skydns/arpa/in-addr/10/244/1/10":
+                           value("10-244-1-10.db.default.svc.cluster.local.")}
 
 
 def test_pod_records_v4_and_v6():

@@ -1210,6 +1210,40 @@ class TestDnssec:
         assert not any(r.rdtype == dns.rdatatype.RRSIG for r in reply.answer)
 
 
+def test_dnssec_with_rsasha1_nsec3_sha1_key(etcd_client, start_skydns, tmp_path):
+    """An algorithm-7 key from an old SkyDNS deployment: skydns starts, warns once, and signs
+    answers and NSEC3 denials with algorithm 7 (checked over UDP)."""
+    from skydns.dnssec import generate_key_files
+
+    base = generate_key_files(str(tmp_path), "skydns.local.", 7)
+    put(etcd_client, "a.skydns.local.", {"host": "10.0.0.1"})
+    # 2048-bit RSA signatures are 256 bytes: a signed NXDOMAIN does not fit in the default
+    # -max-udp-size of 1232 (it would come back with TC, for a retry over TCP).
+    sky = start_skydns(f"-dnssec={base}", "-max-udp-size=4096")
+    reply = sky.query("skydns.local.", "DNSKEY", want_dnssec=True, payload=4096)
+    dnskey = reply.find_rrset(reply.answer, dns.name.from_text("skydns.local."), "IN", "DNSKEY")
+    assert [rd.algorithm for rd in dnskey] == [7]
+    keys = {dnskey.name: dnskey}
+    TestDnssec.validate_section(reply.answer, keys)
+
+    reply = sky.query("a.skydns.local.", "A", want_dnssec=True, payload=4096)
+    assert addresses(reply) == ["10.0.0.1"] and reply.flags & dns.flags.AD
+    TestDnssec.validate_section(reply.answer, keys)
+    reply = sky.query("nope.skydns.local.", "A", want_dnssec=True, payload=4096)
+    assert reply.rcode() == dns.rcode.NXDOMAIN and not reply.flags & dns.flags.TC
+    assert any(r.rdtype == dns.rdatatype.NSEC3 for r in reply.authority)
+    assert len(reply.to_wire()) > 1232
+    TestDnssec.validate_section(reply.authority, keys)
+    sigs = [rd for r in reply.answer + reply.authority if r.rdtype == dns.rdatatype.RRSIG
+            for rd in r]
+    assert sigs and all(rd.algorithm == 7 for rd in sigs)
+
+    warnings = [ln for ln in sky.output().splitlines()
+                if " WARNING " in ln and "RSASHA1-NSEC3-SHA1" in ln]
+    assert len(warnings) == 1
+    assert base + ".private" in warnings[0] and "ECDSAP256SHA256 (13)" in warnings[0]
+
+
 def _bitmap_types(rdata):
     out = set()
     for window, bitmap in rdata.windows:

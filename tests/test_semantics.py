@@ -31,7 +31,7 @@ import dns.rdatatype
 import dns.reversename
 import pytest
 
-from procs import Skydns, Upstream
+from procs import Skydns, Upstream, free_port
 
 D = "skydns.local."
 PREFIX = "/skydns/local/skydns"
@@ -116,6 +116,15 @@ RECORDS = {
     # CNAME to an external name (at the exact key, so CNAME queries see it)
     f"{PREFIX}/ext": j(host="www.example.com."),
     f"{PREFIX}/extnx": j(host="gone.example.com."),
+    # external targets that do not resolve upstream (SERVFAIL there; a bare single-label
+    # name, NXDOMAIN there), one that exists upstream without the asked type, and IP hosts
+    # beside an unresolvable target
+    f"{PREFIX}/extfail": j(host="broken.example.com."),
+    f"{PREFIX}/extbare": j(host="server1"),
+    f"{PREFIX}/extmail": j(host="mail.example.com."),
+    f"{PREFIX}/mixext/a": j(host="10.0.26.1"),
+    f"{PREFIX}/mixext/b": j(host="gone.example.com."),
+    f"{PREFIX}/mixext/c": j(host="10.0.26.2"),
     # SRV
     f"{PREFIX}/svc/a": j(host="10.0.9.1", port=8080),
     f"{PREFIX}/svc/b": j(host="10.0.9.2", port=8080, weight=50, priority=10),
@@ -164,7 +173,13 @@ RECORDS = {
     f"{PREFIX}/grp/sub/b": j(host="10.0.17.2", group="g1"),
     f"{PREFIX}/grp/sub/deep/c": j(host="10.0.17.3", group="g2"),
     f"{PREFIX}/grp/sub/d": j(host="10.0.17.4"),
-    # answer dedup
+    # answer dedup; of duplicates the first in key order names the SRV target, unless it
+    # is named by its own dashed address (kube2sky's CoreDNS-style endpoint alias)
+    f"{PREFIX}/dupip/b": j(host="10.0.27.1"),
+    f"{PREFIX}/dupip/c": j(host="10.0.27.1"),
+    f"{PREFIX}/alias/10-0-27-2": j(host="10.0.27.2"),
+    f"{PREFIX}/alias/zz": j(host="10.0.27.2"),
+    f"{PREFIX}/alias/10-0-27-3": j(host="10.0.27.3"),
     f"{PREFIX}/dedup/a": j(host="10.0.18.1"),
     f"{PREFIX}/dedup/b": j(host="10.0.18.1", port=80),
     # TTLs
@@ -225,6 +240,7 @@ CLUSTER_RECORDS = {
     f"{CPREFIX}/pod/default/10-244-1-10/{L_DB1}": kube_value("10.244.1.10"),
     # an ExternalName service: the leaf at the service key itself
     f"{CPREFIX}/svc/default/ext": kube_value("www.example.com."),
+    f"{CPREFIX}/svc/default/extgone": kube_value("gone.example.com."),
     f"{CPREFIX}/dns-version": '{"text":"1.1.0"}',
     "/skydns/arpa/in-addr/10/0/0/100": kube_value(f"web.default.svc.{C}"),
 }
@@ -236,6 +252,7 @@ UPSTREAM_ZONE = {
     ("target.example.org.", "A"): ["192.0.2.77"],
     ("9.9.0.10.in-addr.arpa.", "PTR"): ["fwd.example.net."],
 }
+UPSTREAM_FAILING = ("broken.example.com.", "down.example.com.")  # answered SERVFAIL
 
 
 # -- module-scoped servers --------------------------------------------------------------------
@@ -258,31 +275,58 @@ def kv(etcd):
 
 @pytest.fixture(scope="module")
 def up():
-    server = Upstream(UPSTREAM_ZONE)
+    server = Upstream(UPSTREAM_ZONE, failing=UPSTREAM_FAILING)
     yield server
     server.close()
 
 
-# Both servers run without the response cache for forwarded answers (-rcache=0): the table
-# states the upstream's TTLs exactly, and a cached answer counts its TTL down by the seconds
-# since an earlier case (or this case's first query) put it there, so on a slow machine the
-# same case read 299 where it means 300. test_forwarding tests the cache and its aging.
+def serve(etcd, *flags, upstream, metrics=False):
+    """A skydns for the tables, stopped when the module is done. Without the response cache
+    for forwarded answers (-rcache=0): the table states the upstream's TTLs exactly, and a
+    cached answer counts its TTL down by the seconds since an earlier case (or this case's
+    first query) put it there, so on a slow machine a case read 299 where it means 300.
+    test_forwarding tests the cache and its aging."""
+    server = Skydns(etcd.url, "-rcache=0", *flags, upstream=upstream)
+    if metrics:
+        server.env["PROMETHEUS_PORT"] = str(server.http_port)  # /metrics beside /healthz
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="module")
 def sky(etcd, kv, up):
-    server = Skydns(etcd.url, f"-local={LOCAL_NAME}", "-rcache=0", upstream=up.address)
-    server.env["PROMETHEUS_PORT"] = str(server.http_port)  # /metrics beside /healthz
-    server.start()
-    yield server
-    server.close()
+    yield from serve(etcd, f"-local={LOCAL_NAME}", upstream=up.address, metrics=True)
+
+
+@pytest.fixture(scope="module")
+def norec(etcd, kv, up):
+    """The skydns.local. records with recursion off: nothing is looked up upstream."""
+    yield from serve(etcd, f"-local={LOCAL_NAME}", "-no-rec", upstream=up.address)
+
+
+@pytest.fixture(scope="module")
+def deadup(etcd, kv):
+    """The skydns.local. records with an upstream that is not there (a closed port)."""
+    yield from serve(etcd, f"-local={LOCAL_NAME}", "-rcache-stale=0",
+                     upstream=f"127.0.0.1:{free_port()}")
+
+
+ZONE_TTL = "cluster.local.=5,pod.cluster.local.=10/2,in-addr.arpa.=7"
+
+
+@pytest.fixture(scope="module")
+def zoned(etcd, kv, up):
+    """cluster.local. with CoreDNS-style TTLs per zone (-zone-ttl)."""
+    yield from serve(etcd, "-domain=cluster.local.", "-ns-rotate=false",
+                     f"-zone-ttl={ZONE_TTL}", upstream=up.address)
 
 
 @pytest.fixture(scope="module")
 def cluster(etcd, kv, up):
-    server = Skydns(etcd.url, "-domain=cluster.local.", "-ns-rotate=false", "-rcache=0",
-                    upstream=up.address)
-    server.start()
-    yield server
-    server.close()
+    yield from serve(etcd, "-domain=cluster.local.", "-ns-rotate=false", upstream=up.address)
 
 
 # -- rendering and comparing -------------------------------------------------------------------
@@ -499,8 +543,25 @@ CASES = [
         AAAA("www.example.com.", "2001:db8::10", 300)]),
     # --- CNAME queries: the exact key only, only a name host
     Case(n("ext"), "CNAME", answer=[CNAME(n("ext"), "www.example.com.")]),
-    # upstream says NXDOMAIN for the target: SkyDNS keeps the bare CNAME
-    Case(n("extnx"), "A", answer=[CNAME(n("extnx"), "gone.example.com.")]),
+    # a target that does not resolve upstream (NXDOMAIN, SERVFAIL, a bare single label):
+    # the CNAME is left out, as SkyDNS's AddressRecords does, so the name is NODATA...
+    *[Case(n(name), t) for name in ("extnx", "extfail", "extbare") for t in ("A", "AAAA")],
+    # ...but a CNAME query still answers it (no chase), and a target that exists upstream
+    # without the asked type keeps the bare CNAME (SkyDNS's Lookup succeeded)
+    *[Case(n(name), "CNAME", answer=[CNAME(n(name), target)])
+      for name, target in (("extnx", "gone.example.com."), ("extfail", "broken.example.com."),
+                           ("extbare", "server1."))],
+    Case(n("extmail"), "AAAA", answer=[CNAME(n("extmail"), "mail.example.com.")]),
+    Case(n("extmail"), "A", ordered=True, answer=[
+        CNAME(n("extmail"), "mail.example.com.", 300), A("mail.example.com.", "192.0.2.25", 300)]),
+    # IP hosts beside an unresolvable target: the addresses, without the CNAME
+    Case(n("mixext"), "A", answer=[A(n("mixext"), "10.0.26.1"), A(n("mixext"), "10.0.26.2")]),
+    Case(n("mixext"), "AAAA"),
+    # recursion off: an external target is never looked up, so its CNAME is left out too
+    Case(n("ext"), "A", server="norec"),
+    Case(n("ext"), "CNAME", server="norec", answer=[CNAME(n("ext"), "www.example.com.")]),
+    Case(n("mixext"), "A", server="norec",
+         answer=[A(n("mixext"), "10.0.26.1"), A(n("mixext"), "10.0.26.2")]),
     Case(n("alias1.cn"), "CNAME", answer=[CNAME(n("alias1.cn"), n("alias2.cn"))]),
     Case(n("alias3.cn"), "CNAME"),                       # IP host: NODATA
     Case(n("dangle"), "CNAME"),                          # CNAME records only below: NODATA
@@ -614,8 +675,22 @@ CASES = [
          answer=["9.9.0.10.in-addr.arpa. 300 IN PTR fwd.example.net."]),
     Case("www.example.com.", "A", aa=None, ns=[], ra=True,
          answer=[A("www.example.com.", "192.0.2.10", 300)]),
-    # --- ANY
-    Case(n("a.b"), "ANY", "REFUSED", aa=None, ns=[]),
+    # --- the forwarding side: every reply carries RA, failures and refusals included
+    Case("broken.example.com.", "A", "SERVFAIL", aa=False, ns=[], ra=True),
+    Case("gone.example.com.", "A", "NXDOMAIN", aa=False, ns=[], ra=True),
+    Case("www.example.com.", "A", "SERVFAIL", server="norec", aa=False, ns=[], ra=True),
+    Case("www.example.com.", "A", "SERVFAIL", server="deadup", aa=False, ns=[], ra=True),
+    Case("9.9.0.10.in-addr.arpa.", "PTR", "SERVFAIL", server="deadup", aa=False, ns=[],
+         ra=True),
+    # no upstream answers: a CNAME to an external name is left out, in-domain ones stay
+    Case(n("ext"), "A", server="deadup"),
+    Case(n("mixext"), "A", server="deadup",
+         answer=[A(n("mixext"), "10.0.26.1"), A(n("mixext"), "10.0.26.2")]),
+    Case(n("x.self"), "A", server="deadup", ordered=True, answer=[
+        CNAME(n("x.self"), n("self")), A(n("self"), "10.0.8.1")]),
+    # --- ANY: refused without RA, as SkyDNS does
+    Case(n("a.b"), "ANY", "REFUSED", aa=None, ns=[], ra=False),
+    Case("www.example.com.", "ANY", "REFUSED", aa=None, ns=[], ra=False),
     # --- underscore labels: SRV data, never A/AAAA/CNAME/TXT/MX for a name above them
     Case(n("und"), "A", answer=[A(n("und"), "10.0.21.2")]),
     Case(n("und"), "TXT"),
@@ -640,6 +715,14 @@ CASES = [
     Case(n("bad"), "SRV", answer=[SRV(n("bad"), 10, 50, 0, n("good1.bad")),
                                   SRV(n("bad"), 10, 50, 80, n("good2.bad"))],
          extra=[A(n("good1.bad"), "10.0.22.1"), A(n("good2.bad"), "10.0.22.3")]),
+    # --- duplicates collapse; a dashed-address name yields as the target
+    Case(n("dupip"), "SRV", answer=[SRV(n("dupip"), 10, 100, 0, n("b.dupip"))],
+         extra=[A(n("b.dupip"), "10.0.27.1")]),
+    Case(n("alias"), "SRV", answer=[SRV(n("alias"), 10, 50, 0, n("zz.alias")),
+                                    SRV(n("alias"), 10, 50, 0, n("10-0-27-3.alias"))],
+         extra=[A(n("zz.alias"), "10.0.27.2"), A(n("10-0-27-3.alias"), "10.0.27.3")]),
+    Case(n("alias"), "A", answer=[A(n("alias"), "10.0.27.2"), A(n("alias"), "10.0.27.3")]),
+    Case(n("10-0-27-2.alias"), "A", answer=[A(n("10-0-27-2.alias"), "10.0.27.2")]),
     # --- JSON keys case-insensitive, unknown keys ignored
     Case(n("jcase"), "A", answer=[A(n("jcase"), "10.0.23.1", 40)]),
     Case(n("jcase"), "SRV", answer=[SRV(n("jcase"), 5, 100, 81, n("x.jcase"), 40)],
@@ -676,6 +759,11 @@ CASES = [
     Case(f"ext.default.svc.{C}", "A", server="cluster", ordered=True,
          answer=[CNAME(f"ext.default.svc.{C}", "www.example.com.", 30),
                  A("www.example.com.", "192.0.2.10", 30)]),
+    # an ExternalName whose target does not resolve: NODATA (SkyDNS); CoreDNS answers the
+    # bare CNAME here (it does not chase ExternalName targets)
+    Case(f"extgone.default.svc.{C}", "A", server="cluster"),
+    Case(f"extgone.default.svc.{C}", "CNAME", server="cluster",
+         answer=[CNAME(f"extgone.default.svc.{C}", "gone.example.com.", 30)]),
     Case(f"dns-version.{C}", "TXT", server="cluster",
          answer=[f'dns-version.{C} 3600 IN TXT "1.1.0"']),
     Case(f"nope.default.svc.{C}", "A", "NXDOMAIN", server="cluster"),
@@ -688,6 +776,33 @@ CASES = [
     Case(n("a.b"), "A", server="cluster", aa=None, ns=[], rcode="NXDOMAIN", ra=True),
     *[Case(f"_http._tcp.web.default.svc.{C}", t, server="cluster")
       for t in ("A", "AAAA", "CNAME")],
+    # -zone-ttl: the zone's TTL replaces the records' own (30), the closest zone wins, and
+    # negative answers carry their zone's SOA TTL and minimum (the record TTL by default)
+    Case(f"web.default.svc.{C}", "A", server="zoned",
+         answer=[A(f"web.default.svc.{C}", "10.0.0.100", 5)]),
+    Case(f"_http._tcp.web.default.svc.{C}", "SRV", server="zoned",
+         answer=[SRV(f"_http._tcp.web.default.svc.{C}", 10, 100, 80, f"web.default.svc.{C}",
+                     5)],
+         extra=[A(f"web.default.svc.{C}", "10.0.0.100", 5)]),
+    Case(f"10-244-1-10.default.pod.{C}", "A", server="zoned",
+         answer=[A(f"10-244-1-10.default.pod.{C}", "10.244.1.10", 10)]),
+    Case(f"ext.default.svc.{C}", "A", server="zoned", ordered=True,  # the lowest wins
+         answer=[CNAME(f"ext.default.svc.{C}", "www.example.com.", 5),
+                 A("www.example.com.", "192.0.2.10", 5)]),
+    Case("100.0.0.10.in-addr.arpa.", "PTR", server="zoned", aa=False, ns=[],
+         answer=[f"100.0.0.10.in-addr.arpa. 7 IN PTR web.default.svc.{C}"]),
+    Case(C, "SOA", server="zoned", ns=[], answer=[
+        f"{C} 5 IN SOA ns.dns.{C} hostmaster.skydns.local. SERIAL 28800 7200 604800 5"]),
+    *[Case(name, t, rcode, server="zoned", ns=[
+        f"{C} {neg} IN SOA ns.dns.{C} hostmaster.skydns.local. SERIAL 28800 7200 604800 {neg}"])
+      for name, t, rcode, neg in (
+          (f"nope.default.svc.{C}", "A", "NXDOMAIN", 5),
+          (f"nope.default.svc.{C}", "SRV", "NXDOMAIN", 5),
+          (f"db.default.svc.{C}", "AAAA", "NOERROR", 5),
+          (f"nope.default.pod.{C}", "A", "NXDOMAIN", 2),
+          (f"10-244-1-10.default.pod.{C}", "TXT", "NOERROR", 2),
+          (f"pod.{C}", "AAAA", "NOERROR", 2),
+          (f"nopod.{C}", "A", "NXDOMAIN", 5))],
     # fewer labels than -ndots: not forwarded (SkyDNS), but NXDOMAIN with a root SOA
     # instead of SkyDNS's SERVFAIL, so a pod's search path ends with a definite answer
     *[Case(name, "A", "NXDOMAIN", aa=False, ra=True, ns=[
@@ -774,10 +889,15 @@ def test_chaos(sky, tcp):
     version = txt("version.bind.")
     assert version and version == txt("version.server.")
     assert txt("hostname.bind.") == socket.gethostname() == txt("id.server.")
-    assert txt("authors.bind.")
     assert txt("VERSION.BIND.") == version
+    # SkyDNS's four authors, one TXT each, TTL 0, at authors.bind. and at the domain itself
+    for name in ("authors.bind.", D, "Authors.Bind."):
+        msg = sky.query(name, "TXT", rdclass="CH", tcp=tcp)
+        assert msg.rcode() == dns.rcode.NOERROR and msg.flags & dns.flags.AA, msg.to_text()
+        assert rr_lines(msg.answer, name) == [f'{name} 0 CH TXT "{author}"' for author in (
+            "Erik St. Martin", "Brian Ketelsen", "Miek Gieben", "Michael Crosby")]
     for name, rdtype in (("version.bind.", "A"), ("foo.bind.", "TXT"),
-                         (n("a.b"), "TXT"), ("hostname.bind.", "ANY")):
+                         (n("a.b"), "TXT"), ("hostname.bind.", "ANY"), (D, "A")):
         msg = sky.query(name, rdtype, rdclass="CH", tcp=tcp)
         assert msg.rcode() == dns.rcode.SERVFAIL, (name, rdtype, msg.to_text())
     msg = sky.query("www.example.com.", "ANY", tcp=tcp)

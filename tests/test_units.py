@@ -62,6 +62,35 @@ def test_etcd_config_overrides_and_validates():
             cfg.apply_etcd_config(base, bad)
 
 
+@pytest.mark.parametrize("text, zones", [
+    ("", ()),
+    ("cluster.local.=5", (("cluster.local.", "/skydns/local/cluster", 5, 5),)),
+    # closest zone first whatever the order given; names lower-cased and made absolute
+    ("Cluster.Local=30/10, pod.cluster.local.=5/2 ,1.10.in-addr.arpa=7",
+     (("1.10.in-addr.arpa.", "/skydns/arpa/in-addr/10/1", 7, 7),
+      ("pod.cluster.local.", "/skydns/local/cluster/pod", 5, 2),
+      ("cluster.local.", "/skydns/local/cluster", 30, 10))),
+    ("cluster.local.=0/0", (("cluster.local.", "/skydns/local/cluster", 0, 0),)),
+])
+def test_zone_ttl(text, zones):
+    assert cfg.from_args([f"-zone-ttl={text}", "-domain=cluster.local."],
+                         environ={}).zone_ttls == zones
+
+
+@pytest.mark.parametrize("text", [
+    "cluster.local.", "cluster.local.=", "cluster.local.=x", "cluster.local.=5/6/7",
+    "cluster.local.=-1", f"cluster.local.={cfg.MAX_TTL + 1}", "=5",
+    "example.com.=5",                       # not ours to answer
+    "cluster.local.=5,CLUSTER.local=6",     # twice
+])
+def test_bad_zone_ttl_is_refused(text):
+    with pytest.raises(cfg.ConfigError, match="zone-ttl"):
+        cfg.Config(domain="cluster.local.", zone_ttl=text)
+    with pytest.raises(cfg.ConfigError):
+        cfg.apply_etcd_config(cfg.Config(domain="cluster.local."),
+                              ('{"zone_ttl":"%s"}' % text).encode())
+
+
 def test_hostmaster_becomes_a_name():
     assert cfg.Config().hostmaster_name.to_text() == "hostmaster.skydns.local."
 
