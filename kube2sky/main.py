@@ -34,6 +34,9 @@ FLAGS = [
     ("healthz-addr", str, "0.0.0.0", "address for the health endpoints"),
     ("ttl", int, 30, "TTL of the records written"),
     ("pod-records", "bool", True, "write a-b-c-d.<ns>.pod.<domain> records"),
+    ("endpoint-ip-names", "bool", True, "also name a headless endpoint without a hostname "
+                                        "by its dashed IP (a-b-c-d.<svc>.<ns>.svc.<domain>, "
+                                        "as CoreDNS)"),
     ("endpoints-source", str, "auto", "auto, endpointslices or endpoints"),
     ("ca-cert", str, "", "CA certificate for etcd TLS [$ETCD_CACERT]"),
     ("tls-key", str, "", "etcd client TLS key [$ETCD_TLSKEY]"),
@@ -161,7 +164,7 @@ class App:
         args, api = self.args, self.api
         log.info("endpoint data from %s", "EndpointSlices (discovery.k8s.io/v1)"
                  if use_slices else "v1 Endpoints")
-        layout = Layout(args.domain, args.ttl)
+        layout = Layout(args.domain, args.ttl, endpoint_ip_names=args.endpoint_ip_names)
         self.state = DesiredState(layout, pods=args.pod_records, use_slices=use_slices)
         etcd_config = SimpleNamespace(machines=args.machines, ca_cert=args.ca_cert,
                                       tls_key=args.tls_key, tls_pem=args.tls_pem,

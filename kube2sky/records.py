@@ -41,10 +41,11 @@ class Endpoint:
 class Layout:
     """Where records go for one cluster domain, and how they are written."""
 
-    def __init__(self, domain="cluster.local.", ttl=30):
+    def __init__(self, domain="cluster.local.", ttl=30, endpoint_ip_names=True):
         self.domain = domain.lower().rstrip(".") + "."
         self.base = name_to_key(self.domain)
         self.ttl = ttl
+        self.endpoint_ip_names = endpoint_ip_names  # dashed-IP leaves of headless endpoints
 
     def value(self, host, port=0):
         return encode_record(host, port=port, ttl=self.ttl, owner=OWNER)
@@ -215,7 +216,8 @@ def headless_records(layout, namespace, name, service, groups):
                 label = ""
             if not label:
                 label = hashed
-                dashed.setdefault(f"{key}/{pod_label(ip)}", value)
+                if layout.endpoint_ip_names:
+                    dashed.setdefault(f"{key}/{pod_label(ip)}", value)
             leaf = f"{key}/{label}"
             if records.get(leaf, value) != value and endpoint.hostname:
                 # A dual-stack hostname: the second address goes just below the first,

@@ -217,6 +217,20 @@ def test_dashed_leaves_only_for_published_addresses():
                        f"{BASE}/svc/default/db/10-244-4-4": value("10.244.4.4")}
 
 
+def test_endpoint_ip_names_off_writes_exactly_the_hashed_layout():
+    """--endpoint-ip-names=false: the layout of before the dashed leaves, nothing else."""
+    endpoints = from_endpoints({"metadata": {"namespace": "default", "name": "db"},
+                                "subsets": [{"addresses": [{"ip": "10.244.1.10"},
+                                                           {"ip": "10.244.2.20",
+                                                            "hostname": "pg-1"}],
+                                             "ports": [{"name": "pg", "port": 5432}]}]})
+    on, _ = service_records(L, svc("db", cluster_ip="None"), endpoints)
+    off, _ = service_records(Layout("cluster.local", ttl=30, endpoint_ip_names=False),
+                             svc("db", cluster_ip="None"), endpoints)
+    assert set(on) - set(off) == {f"{BASE}/svc/default/db/10-244-1-10"}
+    assert all(on[k] == v for k, v in off.items())
+
+
 def test_cluster_ip_services_get_no_dashed_leaf():
     records, _ = service_records(L, svc("web", cluster_ip="10.0.0.1"), None)
     assert not any("10-0-0-1" in k for k in records)
