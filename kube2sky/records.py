@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 
-from skydns.record import (Fnv1a32Tail, encode_record, encode_text, fnv1a32,
+from skydns.record import (Fnv1a32Tail, dashed_ip, encode_record, encode_text, fnv1a32,
                            fnv1a32_label, name_to_key)
 
 HOSTNAMES_ANNOTATION = "endpoints.beta.kubernetes.io/hostnames-map"
@@ -129,10 +129,7 @@ def reverse_key(ip) -> str:
     return name_to_key(ip.reverse_pointer + ".")  # e.g. 1.0.0.10.in-addr.arpa
 
 
-def pod_label(ip) -> str:
-    """``10.244.7.7`` -> ``10-244-7-7``; IPv6 ``:`` -> ``-`` in its compressed text
-    (``fd00::1`` -> ``fd00--1``), as CoreDNS names pods and endpoints without a hostname."""
-    return str(ip).replace(".", "-").replace(":", "-")
+pod_label = dashed_ip  # ``10-244-7-7``: pods and hostname-less endpoints (skydns.record)
 
 
 # -- services ----------------------------------------------------------------------------

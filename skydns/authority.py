@@ -22,7 +22,7 @@ import dns.rdatatype
 from twisted.internet import defer
 
 from . import encoder
-from .record import key_to_name
+from .record import dashed_ip, key_to_name
 
 T = dns.rdatatype
 MAX_CNAME_DEPTH = 8
@@ -90,8 +90,7 @@ def address_alias(record) -> bool:
     before the alias existed."""
     if record.ip is None:
         return False
-    label = record.key[record.key.rfind("/") + 1:].lower()
-    return label == str(record.ip).replace(".", "-").replace(":", "-")
+    return record.key[record.key.rfind("/") + 1:].lower() == dashed_ip(record.ip)
 
 
 def hourly_serial(now: float) -> int:
@@ -142,7 +141,7 @@ class Authority:
         if self.config.zone_ttls:
             zone = self.zone_of_key(record.key)
             if zone is not None:
-                ttl = fixed = zone[2]
+                ttl = fixed = zone.ttl
         if record.lease:
             result.cacheable = False
             remaining = self.store.remaining_lease(record.lease)
@@ -154,7 +153,7 @@ class Authority:
         """The closest ``-zone-ttl`` zone holding an etcd key, or None."""
         key = key.lower()
         for zone in self.config.zone_ttls:
-            prefix = zone[1]
+            prefix = zone.key_prefix
             if key.startswith(prefix) and (len(key) == len(prefix) or key[len(prefix)] == "/"):
                 return zone
         return None
@@ -162,7 +161,7 @@ class Authority:
     def zone_of_name(self, name: str):
         """The closest ``-zone-ttl`` zone holding a name (lower-case absolute text)."""
         for zone in self.config.zone_ttls:
-            if name == zone[0] or name.endswith("." + zone[0]):
+            if name == zone.name or name.endswith("." + zone.name):
                 return zone
         return None
 
@@ -170,7 +169,7 @@ class Authority:
         """TTL and minimum of the SOA in a negative answer for ``name``: its zone's
         (``-zone-ttl``), else ``-min-ttl``."""
         zone = self.zone_of_name(name) if self.config.zone_ttls else None
-        return self.config.min_ttl if zone is None else zone[3]
+        return self.config.min_ttl if zone is None else zone.negative
 
     def record_name(self, record) -> str:
         """The DNS name of a record's own key (SRV/MX/NS targets of address records)."""
@@ -274,8 +273,12 @@ class Authority:
                                                      result, ())
             elif qtype == T.SOA and apex:
                 zone = self.zone_of_name(qname) if config.zone_ttls else None
-                owner, data = self.soa(self.negative_ttl(qname))
-                records = [(qname, T.SOA, config.ttl if zone is None else zone[2], data)]
+                if zone is None:
+                    owner, data = self.soa()
+                    records = [(qname, T.SOA, config.ttl, data)]
+                else:
+                    owner, data = self.soa(zone.negative)
+                    records = [(qname, T.SOA, zone.ttl, data)]
             elif qtype == T.NS and apex:
                 records = self.ns_records(qname, result)
             elif qtype == T.TXT:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+from typing import NamedTuple
 
 import dns.name
 
@@ -88,7 +89,7 @@ class Config:
             raise ConfigError("max-udp-size must be within 512..65535")
         if self.rtimeout <= 0:
             raise ConfigError("rtimeout must be positive")
-        parse_zone_ttls(self.zone_ttl, self.domain)
+        self.zone_ttls  # parsed (and checked) once per Config
 
     # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
     # the general query path asks for them on every query.
@@ -125,9 +126,9 @@ class Config:
 
     @functools.cached_property
     def zone_ttls(self) -> tuple:
-        """``-zone-ttl`` as (name, key prefix, record TTL, negative TTL), longest name
-        first, so the first match is the closest zone."""
-        return tuple((name, name_to_key(name, self.path_prefix), ttl, negative)
+        """``-zone-ttl`` as ZoneTTLs, longest name first, so the first match is the
+        closest zone."""
+        return tuple(ZoneTTL(name, name_to_key(name, self.path_prefix), ttl, negative)
                      for name, ttl, negative in parse_zone_ttls(self.zone_ttl, self.domain))
 
     @property
@@ -147,6 +148,14 @@ def _absolute(name: str) -> str:
 
 
 MAX_TTL = 2**31 - 1  # RFC 2181 8
+
+
+class ZoneTTL(NamedTuple):
+    """One ``-zone-ttl`` zone: its name, its etcd key prefix, and its two TTLs."""
+    name: str
+    key_prefix: str
+    ttl: int
+    negative: int
 
 
 def parse_zone_ttls(text: str, domain: str) -> list:

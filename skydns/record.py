@@ -267,6 +267,13 @@ def name_labels(name: str) -> list[str]:
     return name.split(".") if name else []
 
 
+def dashed_ip(ip) -> str:
+    """``10.244.7.7`` -> ``10-244-7-7``; IPv6 ``:`` -> ``-`` in its compressed text
+    (``fd00::1`` -> ``fd00--1``): the label CoreDNS names pods and hostname-less endpoints
+    by, which kube2sky writes and skydns recognises (``authority.address_alias``)."""
+    return str(ip).replace(".", "-").replace(":", "-")
+
+
 def name_to_key(name: str, prefix: str = "skydns") -> str:
     """``a.b.skydns.local.`` -> ``/skydns/local/skydns/b/a`` (labels reversed under the prefix)."""
     return "/" + "/".join([prefix] + list(reversed(name_labels(name))))
