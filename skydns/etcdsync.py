@@ -46,11 +46,19 @@ def parse_machines(machines):
     return out
 
 
-def make_client(config, timeout=RPC_TIMEOUT):
+# gRPC metadata etcd reads as "fail this request, and end this watch, while the member
+# has no raft leader" (Go clientv3's WithRequireLeader). Without it, a watch on a member cut
+# off from the others stays open and silent, and the store would go stale unnoticed.
+REQUIRE_LEADER = ("hasleader", "true")
+
+
+def make_client(config, timeout=RPC_TIMEOUT, avoid=None):
     """An etcd3 client that fails over between machines and retries a failed one promptly.
 
     (The etcd3 default marks an endpoint failed for 300 s after one error, which would keep
-    us away from an etcd that came back long ago.)
+    us away from an etcd that came back long ago.) ``avoid``: the ``host:port`` that just
+    failed us; the new client starts on another member (for half a second, as any failed
+    endpoint) instead of picking at random, maybe the dead one again.
     """
     creds = None
     machines = parse_machines(config.machines)
@@ -62,13 +70,26 @@ def make_client(config, timeout=RPC_TIMEOUT):
     endpoints = [etcd3.Endpoint(host, port, secure=secure, creds=creds if secure else None,
                                 time_retry=0.5, opts=GRPC_OPTIONS)
                  for host, port, secure in machines]
+    if avoid is not None and len(endpoints) > 1:
+        for endpoint in endpoints:
+            if endpoint.netloc == avoid:
+                endpoint.fail()
     client = etcd3.MultiEndpointEtcd3Client(
         endpoints, timeout=timeout, failover=True,
         user=config.username or None, password=config.password or None)
     # The auth token already travels as request metadata; as gRPC call credentials too,
     # gRPC would refuse every call on a plain http:// channel.
     client.call_credentials = None
+    client.metadata = (client.metadata or ()) + (REQUIRE_LEADER,)
     return client
+
+
+def endpoint_of(client):
+    """The ``host:port`` a client talks to now (None without one)."""
+    try:
+        return client.endpoint_in_use.netloc
+    except Exception:
+        return None
 
 
 def read_prefix(client, prefix: str, each=None, revision: int = 0, progress=None,
@@ -172,6 +193,8 @@ class EtcdSync:
         self._thread = None
         self._events = queue.Queue()
         self._client = None
+        self._avoid = None        # the member that failed us last
+        self._failed_over = 0     # immediate retries on another member since the last watch
 
     @property
     def healthy(self) -> bool:
@@ -198,12 +221,15 @@ class EtcdSync:
         self.last_error = error
 
     def _run(self):
-        backoff = Backoff()
+        # At most 1 s between attempts: a retry is one connection and a watch resumed from
+        # our revision (no reload), cheap for etcd, and the cap is how long after etcd's
+        # return (a member restarted, quorum regained) the store may still lag.
+        backoff = Backoff(0.1, 1.0)
         need_load = True
         while not self._stop.is_set():
             try:
                 if self._client is None:
-                    self._client = make_client(self.config)
+                    self._client = make_client(self.config, avoid=self._avoid)
                 if need_load:
                     self._set_state("loading")
                     self._load()
@@ -217,11 +243,17 @@ class EtcdSync:
             except Exception as exc:
                 self._set_state("down", _describe(exc))
                 self._drop_client()  # a new client logs in again (etcd tokens die with it)
+                if len(self.config.machines) > 1 and self._failed_over < 1:
+                    self._failed_over += 1  # another member may serve at once: no wait
+                    continue
             if self._stop.wait(backoff.next()):
                 break
 
     def _drop_client(self):
+        """Close the client; the next one starts on another member than this one's."""
         client, self._client = self._client, None
+        if client is not None:
+            self._avoid = endpoint_of(client)
         close_quietly(client)
 
     def _lease_expiry(self, lease_ids):
@@ -290,6 +322,7 @@ class EtcdSync:
                     self._client.get_response(self.prefix + "config", count_only=True)
                     if time.monotonic() - healthy_since > 10:
                         backoff.reset()
+                        self._failed_over = 0
                     continue
                 if item is None:
                     return

@@ -1,5 +1,5 @@
-"""Operational HTTP endpoints: ``/healthz`` (the old exechealthz sidecar, built in) and
-Prometheus ``/metrics``.
+"""Operational HTTP endpoints: ``/healthz`` (the old exechealthz sidecar, built in),
+``/readyz`` and ``/livez`` for probes, and Prometheus ``/metrics``.
 
 ``/healthz`` is 200 only when the records are loaded, the etcd watch is live and, when a
 self-query name is configured, the server answers that name over real UDP on its own
@@ -88,6 +88,32 @@ class HealthResource(resource.Resource):
         return b"ok\n"
 
 
+class ReadyResource(resource.Resource):
+    """``/readyz``: 200 once the records are loaded, whatever etcd does after that; the
+    body says when they may be stale. For readiness probes of several replicas that share
+    one etcd cluster: when that cluster loses its quorum, ``/healthz`` fails on every
+    replica at once and the DNS Service would have no endpoints left, an outage of every
+    name, where the replicas could go on answering from memory (as SkyDNS does)."""
+
+    isLeaf = True
+
+    def __init__(self, health: Health, alive):
+        super().__init__()
+        self.health = health
+        self.alive = alive
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        problems = self.health.problems()
+        if not self.health.store.loaded or not self.alive():
+            request.setResponseCode(503)
+            return ("\n".join(problems or ["DNS listener closed"]) + "\n").encode()
+        if problems:
+            return (f"ok, serving the records of etcd revision {self.health.sync.revision} "
+                    f"from memory: " + "; ".join(problems) + "\n").encode()
+        return b"ok\n"
+
+
 class LiveResource(resource.Resource):
     """``/livez``: 200 while the reactor runs and the DNS socket is open, whatever etcd
     does. For liveness probes: restarting skydns because etcd is away would throw away
@@ -126,6 +152,7 @@ def listen(reactor, config, health, metrics, alive=lambda: True):
         root = sites.setdefault(config.healthz_port, resource.Resource())
         root.putChild(b"healthz", HealthResource(health))
         root.putChild(b"livez", LiveResource(alive))
+        root.putChild(b"readyz", ReadyResource(health, alive))
     if config.prometheus_port:
         root = sites.setdefault(config.prometheus_port, resource.Resource())
         path = config.prometheus_path.strip("/").encode() or b"metrics"

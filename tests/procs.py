@@ -132,6 +132,115 @@ class Etcd:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+class EtcdCluster:
+    """A real etcd cluster of ``size`` members on loopback ports, each with its own temporary
+    data dir; members can be killed (SIGKILL) and restarted on the same ports and data."""
+
+    # Shorter than etcd's defaults (100 ms / 1000 ms), so that a new leader is elected in
+    # well under a second on a loaded machine: tests measure the clients, not raft.
+    HEARTBEAT_MS, ELECTION_MS = 50, 500
+
+    def __init__(self, size=3):
+        self.data_dir = tempfile.mkdtemp(prefix="skydns-test-etcd-cluster-")
+        self.names = [f"m{i}" for i in range(size)]
+        self.ports = {name: free_port() for name in self.names}
+        self.peer_ports = {name: free_port() for name in self.names}
+        self.procs = {}
+        self.log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
+
+    @property
+    def urls(self) -> list:
+        return [f"http://127.0.0.1:{self.ports[name]}" for name in self.names]
+
+    @property
+    def machines(self) -> str:
+        """Every member's client URL, comma-separated (skydns -machines, kube2sky
+        --etcd-server)."""
+        return ",".join(self.urls)
+
+    def _argv(self, name, state):
+        cluster = ",".join(f"{n}=http://127.0.0.1:{self.peer_ports[n]}" for n in self.names)
+        return [
+            etcd_binary(), "--name", name,
+            "--data-dir", os.path.join(self.data_dir, name),
+            "--listen-client-urls", f"http://127.0.0.1:{self.ports[name]}",
+            "--advertise-client-urls", f"http://127.0.0.1:{self.ports[name]}",
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
+            "--initial-cluster", cluster, "--initial-cluster-state", state,
+            "--initial-cluster-token", os.path.basename(self.data_dir),
+            "--heartbeat-interval", str(self.HEARTBEAT_MS),
+            "--election-timeout", str(self.ELECTION_MS),
+            "--log-level", "error",
+        ]
+
+    def start(self):
+        try:
+            for name in self.names:
+                self.start_member(name, wait=False)
+            wait_for(self.leader, timeout=30, what="the etcd cluster to elect a leader")
+        except Exception:
+            self.close()
+            raise
+        return self
+
+    def start_member(self, name, wait=True):
+        """Start (or restart, on its data dir) one member."""
+        self.procs[name] = subprocess.Popen(self._argv(name, "new"), stdout=self.log,
+                                            stderr=self.log)
+        if wait:
+            wait_for(lambda: self.member_status(name) is not None and self.leader(),
+                     timeout=30, what=f"etcd member {name} to rejoin")
+
+    def client(self, name=None):
+        """A client of one member (``name``) or of all, failing over between them."""
+        names = [name] if name else self.names
+        endpoints = [etcd3.Endpoint("127.0.0.1", self.ports[n], secure=False, time_retry=0.2)
+                     for n in names]
+        return etcd3.MultiEndpointEtcd3Client(endpoints, timeout=5, failover=True)
+
+    def member_status(self, name):
+        """etcd's status of one running member, or None."""
+        if name not in self.procs or self.procs[name].poll() is not None:
+            return None
+        client = self.client(name)
+        try:
+            return client.status()
+        except Exception:
+            return None
+        finally:
+            client.close()
+
+    def leader(self):
+        """The name of the current leader as every running member sees it (None while
+        there is none, while the members disagree, or while they still follow a member
+        that was killed)."""
+        leaders = set()
+        for name in self.names:
+            status = self.member_status(name)
+            if status is not None:
+                leaders.add(status.leader.name if status.leader else None)
+        leader = leaders.pop() if len(leaders) == 1 else None
+        return leader if leader in self.procs else None  # not one just killed
+
+    def followers(self):
+        leader = self.leader()
+        return [name for name in self.names if name in self.procs and name != leader]
+
+    def kill(self, name):
+        """SIGKILL one member and wait until it is gone."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def close(self):
+        for proc in self.procs.values():
+            stop_process(proc)
+        self.procs = {}
+        self.log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
 class Skydns:
     """The skydns command as a subprocess, serving DNS on ``host:port`` (default: a free
     port of 127.0.0.1; e.g. the host end of a test namespace's veth, port 53)."""
@@ -183,13 +292,17 @@ class Skydns:
         dns.query.udp(query, self.host, port=self.port, timeout=0.5)
         return True
 
-    def healthz(self):
+    def status(self, path):
+        """(HTTP status, body) of an ops endpoint, e.g. ``/readyz``."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz",
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}",
                                         timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+
+    def healthz(self):
+        return self.status("/healthz")
 
     def get(self, path):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:

@@ -709,6 +709,9 @@ def test_servfail_until_etcd_is_reachable(private_etcd, start_skydns):
             assert reply.rcode() == dns.rcode.SERVFAIL, (name, rdtype, tcp)
     status, body = sky.healthz()
     assert status == 503 and "not loaded" in body
+    # nothing to serve yet: not ready either
+    status, body = sky.status("/readyz")
+    assert status == 503 and "not loaded" in body
     private_etcd.start()
     client = private_etcd.client()
     try:
@@ -753,6 +756,9 @@ def test_etcd_outage_served_from_memory_then_rewatch(private_etcd, start_skydns)
         assert "etcd" in body and body.strip()
         # alive all the same: a liveness probe on /livez must not restart it now
         assert sky.get("/livez") == "ok\n"
+        # and ready: the records are there, served from memory, and /readyz says so
+        status, body = sky.status("/readyz")
+        assert status == 200 and body.startswith("ok, serving the records of etcd revision")
         # still served from memory, cached or not, over both transports
         for tcp in (False, True):
             assert addresses(sky.query("a.skydns.local.", tcp=tcp)) == ["10.0.0.1"]
@@ -767,6 +773,7 @@ def test_etcd_outage_served_from_memory_then_rewatch(private_etcd, start_skydns)
         wait_answer(sky, "a.skydns.local.", predicate=lambda r: addresses(r) == ["10.0.0.11"])
         wait_rcode(sky, "b.skydns.local.", dns.rcode.NXDOMAIN)
         wait_for(lambda: sky.healthz()[0] == 200, timeout=15, what="healthz back to 200")
+        assert sky.status("/readyz") == (200, "ok\n")
         # and the new watch keeps delivering changes
         put(client, "d.skydns.local.", {"host": "10.0.0.4"})
         wait_answer(sky, "d.skydns.local.", timeout=10)
