@@ -32,8 +32,12 @@ PENDING_WAIT = 30.0    # seconds a page waits at most for them (then it goes on 
 
 
 class Controller(threading.Thread):
-    def __init__(self, state, writer, kinds, stop_event):
+    def __init__(self, state, writer, kinds, stop_event, leading=None):
+        """``leading`` (with leader election): whether this replica leads now. A standby
+        keeps its state current from the API but neither reads nor writes etcd; each time
+        it is elected (``elected()``), it reconciles etcd with the whole state first."""
         super().__init__(name="controller", daemon=True)
+        self.leading = leading
         self.state = state
         self.writer = writer
         self.kinds = set(kinds)
@@ -105,9 +109,22 @@ class Controller(threading.Thread):
     def ready(self) -> bool:
         return self.synced and self.writer.healthy and not self.reconcile_error
 
+    def elected(self):
+        """From the election thread: this replica leads from now on."""
+        self.queue.put(("elected",))
+
+    def lost(self):
+        """From the election thread: this replica's term is over."""
+        self.queue.put(("lost",))
+
     def run(self):
-        threading.Thread(target=self._read_snapshot, name="etcd-snapshot",
-                         daemon=True).start()
+        if self.leading is None:
+            threading.Thread(target=self._read_snapshot, name="etcd-snapshot",
+                             daemon=True).start()
+        else:
+            # Who leads is not known yet, and a standby's snapshot would be stale when it is
+            # elected: the reconcile after the election reads etcd.
+            self._snapshot_pending = False
         while not self.stop_event.is_set():
             try:
                 item = self.queue.get(timeout=0.2)
@@ -135,6 +152,20 @@ class Controller(threading.Thread):
         # changes are real differences and go out at once, as events do.
         if item[0] == "snapshot":
             self._adopt_snapshot(item[1])
+            return
+        if item[0] == "elected":
+            log.info("leading: reconciling etcd with the whole state once every resource "
+                     "is listed")
+            self.reconcile_needed = True
+            self.synced = False
+            self._backoff.reset()
+            self._next_reconcile = 0.0
+            return
+        if item[0] == "lost":
+            dropped = self.writer.discard()
+            log.info("standing by: %d changes not written (the leader writes them)", dropped)
+            self.reconcile_needed = True
+            self.synced = False
             return
         if item[0] == "page":
             _, kind, items = item
@@ -173,6 +204,8 @@ class Controller(threading.Thread):
     def _reconcile(self):
         if self._snapshot_pending:
             return  # the start-up read is still going: it spares the reconcile its own
+        if self.leading is not None and not self.leading():
+            return  # a standby: the reconcile waits for its election
         started = time.monotonic()
         snapshot, self._snapshot, self._starting = self._snapshot, None, False
         try:

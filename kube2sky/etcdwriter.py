@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 
-from skydns.etcdsync import Backoff, close_quietly, make_client, read_prefix
+from skydns.etcdsync import Backoff, close_quietly, endpoint_of, make_client, read_prefix
 from skydns.record import owned_by
 
 from .records import OWNER, fingerprint
@@ -39,12 +39,18 @@ WRITERS = 4                # transactions in flight at once
 
 
 class EtcdWriter:
-    def __init__(self, config, scopes, timeout=10.0, writers=WRITERS):
-        """``scopes`` are the key prefixes kube2sky writes under (to read back at reconcile)."""
+    def __init__(self, config, scopes, timeout=10.0, writers=WRITERS, election=None):
+        """``scopes`` are the key prefixes kube2sky writes under (to read back at reconcile).
+        ``election`` (a kube2sky.election.LeaderElection, with --leader-elect): changes are
+        taken and sent only while it leads, each transaction fenced with its term."""
         self.config = config
         self.scopes = scopes
         self.timeout = timeout
+        self.election = election
+        self.discarded = 0        # changes dropped while not leading (the leader writes them)
+        self.fenced = 0           # transactions etcd refused because another replica led
         self._client = None
+        self._avoid = None
         self._client_lock = threading.Lock()
         self._pending = collections.OrderedDict()  # key -> value, or None to delete
         self._in_flight = {}                       # key -> value being written now
@@ -74,7 +80,8 @@ class EtcdWriter:
         """One client (one gRPC channel) shared by the writer threads."""
         with self._client_lock:
             if self._client is None:
-                self._client = make_client(self.config, timeout=self.timeout)
+                self._client = make_client(self.config, timeout=self.timeout,
+                                           avoid=self._avoid)
             return self._client
 
     def _drop_client(self, client=None):
@@ -84,6 +91,7 @@ class EtcdWriter:
             if self._client is None or (client is not None and self._client is not client):
                 return
             client, self._client = self._client, None
+            self._avoid = endpoint_of(client)
         close_quietly(client)
 
     # -- called by the controller thread -------------------------------------------------
@@ -91,9 +99,23 @@ class EtcdWriter:
     def submit(self, changes: dict):
         if not changes:
             return
+        if self.election is not None and not self.election.write_fence():
+            self.discarded += len(changes)  # a standby: the leader writes them
+            return
         with self._cond:
             self._pending.update(changes)
             self._cond.notify_all()
+
+    def discard(self) -> int:
+        """Drop every pending change (leadership is lost: the next leader reconciles);
+        returns how many. Transactions in flight carry the old fence: etcd refuses them if
+        another replica leads by now."""
+        with self._cond:
+            count = len(self._pending)
+            self._pending = collections.OrderedDict()
+            self.discarded += count
+            self._cond.notify_all()
+        return count
 
     def pending(self) -> int:
         """Keys not written yet, those in transactions now included."""
@@ -197,7 +219,7 @@ class EtcdWriter:
             self._cond.notify_all()
 
     def _run(self):
-        backoff = Backoff(0.2, 10.0)
+        backoff = Backoff(0.1, 1.0)  # retries are one small transaction per writer
         while True:
             batch = self._take()
             if batch is None:
@@ -205,7 +227,7 @@ class EtcdWriter:
             client = None
             try:
                 client = self.client
-                self._apply(client, batch)
+                written = self._apply(client, batch)
             except Exception as exc:
                 self._finished(batch, ok=False)
                 self._drop_client(client)
@@ -223,7 +245,13 @@ class EtcdWriter:
             if not self.healthy:
                 log.info("etcd writes succeed again")
             self.healthy, self.last_error = True, ""
-            self._progress(len(batch))
+            if written:
+                self._progress(len(batch))
+
+    def _drop_batch(self, batch):
+        with self._cond:
+            self.discarded += len(batch)
+        self.discard()
 
     def _progress(self, count):
         """One line every 2 s while a long write goes on, one at its end."""
@@ -248,8 +276,22 @@ class EtcdWriter:
         put, delete = client.transactions.put, client.transactions.delete
         ops = [delete(key) if value is None else put(key, value)
                for key, value in batch.items()]
-        ok, _ = client.transaction(compare=[], success=ops, failure=[])
+        compare, fence = [], 0
+        if self.election is not None:
+            fence = self.election.write_fence()
+            if not fence:
+                self._drop_batch(batch)  # leadership ended since the batch was taken
+                return False
+            compare = [self.election.compare(client, fence)]
+        ok, _ = client.transaction(compare=compare, success=ops, failure=[])
         if not ok:
+            if fence:
+                with self._cond:
+                    self.fenced += 1
+                self.election.lost(fence, "etcd refused a write fenced with this term's "
+                                          "revision: another replica leads")
+                self._drop_batch(batch)
+                return False
             raise RuntimeError("transaction not applied")
         with self._cond:
             for value in batch.values():
@@ -257,3 +299,4 @@ class EtcdWriter:
                     self.deleted += 1
                 else:
                     self.written += 1
+        return True

@@ -15,6 +15,7 @@ from skydns.config import parse_bool, parse_duration
 from skydns.record import OWNER_FIELD
 
 from .controller import Controller
+from .election import KEY_PREFIX, LeaderElection, default_identity
 from .etcdwriter import EtcdWriter
 from .records import OWNER, Layout
 from .reflector import Reflector
@@ -29,7 +30,9 @@ FLAGS = [
     ("kube-master-url", str, "", "Kubernetes API URL ($VARS expanded)"),
     ("kubecfg-file", str, "", "kubeconfig file (else in-cluster, else $KUBECONFIG or "
                               "~/.kube/config)"),
-    ("etcd-mutation-timeout", parse_duration, 10.0, "timeout of each etcd write"),
+    ("etcd-mutation-timeout", parse_duration, 2.0, "timeout of each etcd write attempt "
+                                                   "(a write a dying etcd leader took is "
+                                                   "lost: it is retried after this)"),
     ("healthz-port", int, 8081, "port for /healthz and /readiness (0: off)"),
     ("healthz-addr", str, "0.0.0.0", "address for the health endpoints"),
     ("ttl", int, 30, "TTL of the records written"),
@@ -43,6 +46,13 @@ FLAGS = [
     ("tls-pem", str, "", "etcd client TLS certificate [$ETCD_TLSPEM]"),
     ("username", str, "", "etcd user [$ETCD_USERNAME]"),
     ("password", str, "", "etcd password [$ETCD_PASSWORD]"),
+    ("leader-elect", "bool", False, "elect one writer among several replicas through etcd; "
+                                    "the others keep their state and stand by"),
+    ("leader-elect-lease-duration", parse_duration, 15.0, "TTL of the leader's etcd lease: "
+                                                          "a dead leader is replaced within it"),
+    ("leader-elect-key", str, "", "election key (default /kube2sky/leader/<domain>)"),
+    ("leader-elect-identity", str, "", "this replica's name in the election key (default: "
+                                       "the hostname, a pod's name)"),
 ]
 ENV = {"ca-cert": "ETCD_CACERT", "tls-key": "ETCD_TLSKEY", "tls-pem": "ETCD_TLSPEM",
        "username": "ETCD_USERNAME", "password": "ETCD_PASSWORD"}
@@ -77,6 +87,11 @@ def parse_args(argv=None, environ=None):
                          "endpoints")
     args.kube_master_url = os.path.expandvars(args.kube_master_url)
     args.machines = [m.strip() for m in args.etcd_server.split(",") if m.strip()]
+    if args.leader_elect_lease_duration < 2:
+        raise SystemExit("kube2sky: --leader-elect-lease-duration must be at least 2s")
+    args.leader_elect_key = args.leader_elect_key or \
+        KEY_PREFIX + args.domain.strip(".").lower()
+    args.leader_elect_identity = args.leader_elect_identity or default_identity()
     return args
 
 
@@ -133,6 +148,9 @@ class HealthHandler(BaseHTTPRequestHandler):
             ok, body = self.app.readiness()
         elif self.path.startswith("/healthz"):
             ok, body = self.app.liveness()
+        elif self.path.startswith("/metrics"):
+            ok, body = True, self.app.metrics()
+            self.send_response(200)
         else:
             ok, body = False, "not found"
             self.send_response(404)
@@ -156,6 +174,7 @@ class App:
         self.controller = None
         self.reflectors = []
         self.writer = None
+        self.election = None
         self.http = None
 
     def setup(self, use_slices):
@@ -169,8 +188,12 @@ class App:
         etcd_config = SimpleNamespace(machines=args.machines, ca_cert=args.ca_cert,
                                       tls_key=args.tls_key, tls_pem=args.tls_pem,
                                       username=args.username, password=args.password)
+        if args.leader_elect:
+            self.election = LeaderElection(etcd_config, args.leader_elect_key,
+                                           args.leader_elect_identity,
+                                           ttl=args.leader_elect_lease_duration)
         self.writer = EtcdWriter(etcd_config, [layout.base + "/", "/skydns/arpa/"],
-                                 timeout=args.etcd_mutation_timeout)
+                                 timeout=args.etcd_mutation_timeout, election=self.election)
         core = client.CoreV1Api(api)
         sources = {"services": core.list_service_for_all_namespaces}
         if use_slices:
@@ -180,20 +203,43 @@ class App:
             sources["endpoints"] = core.list_endpoints_for_all_namespaces
         if args.pod_records:
             sources["pods"] = core.list_pod_for_all_namespaces
-        self.controller = Controller(self.state, self.writer, sources, self.stop_event)
+        leading = self.election.write_fence if self.election else None
+        self.controller = Controller(self.state, self.writer, sources, self.stop_event,
+                                     leading=leading)
+        if self.election:
+            self.election.on_elected = self.controller.elected
+            self.election.on_lost = self.controller.lost
         self.reflectors = [Reflector(kind, func, self.controller.queue, self.stop_event,
                                      slim=SLIMMERS[kind])
                            for kind, func in sources.items()]
 
+    def role(self) -> str:
+        """Who writes, for /readiness and the log."""
+        election = self.election
+        if election is None:
+            return ""
+        if election.is_leader:
+            return f"leading as {election.identity} ({election.key})"
+        return (f"standing by as {election.identity}: {election.leader or 'nobody'} leads "
+                f"({election.key})")
+
     def readiness(self):
+        """200 once the records are in etcd (the leader: once it reconciled); a standby is
+        ready once it has listed everything, so a rollout of replicas completes."""
         if self.controller is None:
             return False, "waiting for the API server (discovery)"
-        if self.controller.ready:
-            return True, "ok"
-        reasons = []
+        role = self.role()
         missing = sorted(set(r.kind for r in self.reflectors) - self.controller.listed)
+        standby = self.election is not None and not self.election.is_leader
+        if standby and not missing:
+            return True, "ok: " + role
+        if self.controller.ready and not standby:
+            return True, "ok" + (": " + role if role else "")
+        reasons = [role] if role else []
         if missing:
             reasons.append("not listed yet: " + ", ".join(missing))
+        if self.election is not None and self.election.last_error:
+            reasons.append(f"leader election: etcd failing: {self.election.last_error}")
         if not self.writer.healthy:
             reasons.append(f"etcd writes failing: {self.writer.last_error}")
         if self.controller.reconcile_error:
@@ -203,11 +249,45 @@ class App:
             reasons.append(f"initial sync in progress ({self.writer.pending()} keys to write)")
         return False, "\n".join(reasons)
 
+    def metrics(self) -> str:
+        """Prometheus text: who leads and what the writer did."""
+        election, writer, controller = self.election, self.writer, self.controller
+        lines = []
+
+        def metric(name, kind, help_, value, labels=""):
+            lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}",
+                          f"{name}{labels} {value}"])
+        if election is not None:
+            identity = election.identity.replace("\\", "\\\\").replace('"', '\\"')
+            metric("kube2sky_leader", "gauge", "1 while this replica leads (writes etcd)",
+                   int(election.is_leader), f'{{identity="{identity}"}}')
+            metric("kube2sky_leader_transitions_total", "counter",
+                   "times this replica was elected", election.transitions)
+        ready, _ = self.readiness()
+        metric("kube2sky_ready", "gauge", "1 while /readiness is 200", int(ready))
+        if writer is not None:
+            metric("kube2sky_etcd_keys_written_total", "counter", "keys put into etcd",
+                   writer.written)
+            metric("kube2sky_etcd_keys_deleted_total", "counter", "keys deleted from etcd",
+                   writer.deleted)
+            metric("kube2sky_etcd_keys_pending", "gauge", "changes not written yet",
+                   writer.pending())
+            metric("kube2sky_etcd_writes_fenced_total", "counter",
+                   "transactions etcd refused because another replica led", writer.fenced)
+            metric("kube2sky_changes_discarded_total", "counter",
+                   "changes not written because this replica did not lead", writer.discarded)
+        if controller is not None:
+            metric("kube2sky_desired_keys", "gauge", "keys the API's objects make",
+                   len(controller.state.index))
+        return "\n".join(lines) + "\n"
+
     def liveness(self):
         if self.controller is None:
             return True, "ok (waiting for the API server)"
-        dead = [t.name for t in [self.controller, *self.writer.threads, *self.reflectors]
-                if not t.is_alive()]
+        threads = [self.controller, *self.writer.threads, *self.reflectors]
+        if self.election is not None:
+            threads.append(self.election)
+        dead = [t.name for t in threads if not t.is_alive()]
         if dead:
             return False, "threads stopped: " + ", ".join(dead)
         return True, "ok"
@@ -229,10 +309,14 @@ class App:
         self.setup(use_slices)
         self.writer.start()
         self.controller.start()
+        if self.election is not None:
+            self.election.start()
         for reflector in self.reflectors:
             reflector.start()
-        log.info("kube2sky syncing %s into etcd %s (its values carry \"%s\":\"%s\")",
-                 self.state.layout.domain, ",".join(self.args.machines), OWNER_FIELD, OWNER)
+        log.info("kube2sky syncing %s into etcd %s (its values carry \"%s\":\"%s\")%s",
+                 self.state.layout.domain, ",".join(self.args.machines), OWNER_FIELD, OWNER,
+                 f"; leader election on {self.args.leader_elect_key} as "
+                 f"{self.args.leader_elect_identity}" if self.election else "")
 
     def stop(self):
         self.stop_event.set()
@@ -242,6 +326,8 @@ class App:
             self.http.shutdown()
         if self.writer:
             self.writer.stop()
+        if self.election:
+            self.election.stop()  # after the writes: revoking hands over at once
 
 
 def main(argv=None):
