@@ -33,8 +33,9 @@ import pytest
 import yaml
 from etcd_members import member_flag_problems
 from procs import tool
-from test_manifests import (_available_versions, find, go_flags, latest_version, load_docs,
-                            probe_target, run_validate, skydns_config)
+from test_manifests import (_available_versions, assert_strictly_valid, find, go_flags,
+                            latest_version, load_docs, probe_target, run_validate,
+                            skydns_config)
 
 from kube2sky import main as k2s_main
 from skydns.config import parse_duration
@@ -342,12 +343,7 @@ def test_kustomize_refuses_a_file_outside_the_directory(tmp_path):
 
 @pytest.mark.parametrize("version", _available_versions())
 def test_every_file_validates_strictly(version):
-    version = latest_version() if version == "latest" else version
-    files = resources()
-    result = run_validate(files, version)
-    assert result.returncode == 0, result.stdout + result.stderr
-    passed = [line for line in result.stdout.splitlines() if " passed for resource " in line]
-    assert len(passed) == len(load_docs(files)), result.stdout
+    assert_strictly_valid(resources(), version)
 
 
 def test_validation_rejects_broken_ha_manifests(tmp_path, objects):
