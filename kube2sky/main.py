@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 from skydns.config import parse_bool, parse_duration
+from skydns.etcdsync import bound_malloc_arenas
 from skydns.record import OWNER_FIELD
 
 from .controller import Controller
@@ -332,6 +333,7 @@ class App:
 
 def main(argv=None):
     args = parse_args(argv)
+    bound_malloc_arenas()  # before the first thread and etcd client
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)

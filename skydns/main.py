@@ -13,7 +13,7 @@ import time
 from . import __version__
 from .authority import Authority
 from .config import ConfigError, apply_etcd_config, from_args
-from .etcdsync import EtcdSync, read_config_value
+from .etcdsync import EtcdSync, bound_malloc_arenas, read_config_value
 from .forward import Forwarder
 from .metrics import Metrics
 from .ops import Health, listen
@@ -153,6 +153,7 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"skydns: {exc}", file=sys.stderr)
         return 2
+    bound_malloc_arenas()  # before the first etcd client starts gRPC's threads
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("twisted").setLevel(logging.WARNING)

@@ -260,3 +260,42 @@ def test_rate_limited_log_counts_what_it_suppressed(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "forwarding x. failed",
         "forwarding y. failed (and 4 similar failures in the last 10s)"]
+
+
+# -- glibc heap arenas ---------------------------------------------------------------------
+
+ARENA_PROBE = r"""
+import ctypes, os, sys, tempfile, threading
+if sys.argv[1] == "bound":
+    from skydns.etcdsync import bound_malloc_arenas
+    bound_malloc_arenas()
+keep, barrier = [], threading.Barrier(8)
+def work():  # eight threads allocating at the same time, as gRPC's and ours do
+    barrier.wait()
+    keep.append([bytes(4096) for _ in range(200)])
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+fd, path = tempfile.mkstemp(); os.close(fd)
+fp = libc.fopen(path.encode(), b"w"); libc.malloc_info(0, fp); libc.fclose(fp)
+print(open(path).read().count("<heap nr=")); os.unlink(path)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc only")
+def test_bound_malloc_arenas_keeps_threads_in_two_heaps():
+    import subprocess
+    import sys
+
+    def heaps(mode):
+        out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        return int(out)
+    assert heaps("free") > 2   # what glibc does by itself: an arena per thread
+    assert heaps("bound") <= 2
