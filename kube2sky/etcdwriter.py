@@ -26,7 +26,7 @@ import threading
 import time
 
 from skydns.etcdsync import Backoff, close_quietly, endpoint_of, make_client, read_prefix
-from skydns.record import owned_by
+from skydns.record import owner_suffix
 
 from .records import OWNER, fingerprint
 
@@ -147,15 +147,19 @@ class EtcdWriter:
         def marker(kv):
             marked.add(kv.key.decode()[skip:])
 
-        def record(kv):
-            key, value = kv.key.decode(), kv.value.decode("utf-8", "replace")
-            actual[key] = fingerprint(value)
-            if owned_by(value, OWNER):
-                ours.add(key)
+        # ``owned_by`` on the raw bytes, its suffix built once: a restart reads every key
+        suffix = owner_suffix(OWNER).encode()
+
+        def records(kvs):
+            for kv in kvs:
+                key, value = kv.key.decode(), kv.value
+                actual[key] = fingerprint(value.decode("utf-8", "replace"))
+                if value.endswith(suffix):
+                    ours.add(key)
         try:
             revision = read_prefix(client, MARKER_PREFIX + "/", marker)
             for scope in self.scopes:
-                read_prefix(client, scope, record, revision=revision)
+                read_prefix(client, scope, revision=revision, each_page=records)
         except Exception:
             self._drop_client(client)
             raise

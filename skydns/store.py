@@ -326,8 +326,9 @@ class Loader:
     """A full snapshot being read: a tree of its own, filled by ``add_page`` on the loading
     thread while the store goes on serving the old one, then ``RecordStore.install``-ed.
     Keys arrive sorted, so most share the parent of the one before: it is kept, and a
-    plain record costs one regex for its key, one for its value and one dict insert. A bad
-    value already known to the store is not logged again."""
+    plain record costs one regex for its key, one for its value and one dict insert. Equal
+    values below one node (a headless endpoint's hashed and dashed-IP names) share one
+    bytes object. A bad value already known to the store is not logged again."""
 
     def __init__(self, store: RecordStore):
         self.tree = RecordStore(store.prefix, store.clock)
@@ -338,6 +339,7 @@ class Loader:
         self.keys = 0  # read, whether they became records or not
         self._parent_key = None  # the key of the node the last record went below, and it
         self._parent = None
+        self._values = {}  # the values below that node: equal ones share one bytes object
 
     def add(self, key: str, value, lease: int = 0):
         self.keys += 1
@@ -355,7 +357,7 @@ class Loader:
         tree = self.tree
         plain_key, start, config_key = tree.plain_key_bytes.fullmatch, tree.labels_start, \
             self.config_key
-        parent_key, parent = self._parent_key, self._parent
+        parent_key, parent, values = self._parent_key, self._parent, self._values
         for kv in kvs:
             key = kv.key
             compact = None
@@ -369,9 +371,9 @@ class Loader:
             self.keys += 1
             path, _, label = key.rpartition(b"/")
             if path != parent_key:
-                parent_key, parent = path, tree.root
+                parent_key, parent, values = path, tree.root, {}
                 for part in (path[start:].decode("ascii").split("/")
                              if len(path) >= start else ()):
                     parent = tree.path_child(parent, part)
-            tree.set_leaf(parent, label.decode("ascii"), compact)
-        self._parent_key, self._parent = parent_key, parent
+            tree.set_leaf(parent, label.decode("ascii"), values.setdefault(compact, compact))
+        self._parent_key, self._parent, self._values = parent_key, parent, values
