@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 
-from skydns.etcdsync import Backoff, close_quietly, endpoint_of, make_client
+from skydns.etcdsync import Backoff, close_quietly, describe_error, make_client
 
 log = logging.getLogger("kube2sky.election")
 
@@ -96,7 +96,7 @@ class LeaderElection(threading.Thread):
                 self.last_error = ""
                 wait = self.ttl / 3 if self._term is not None else self.poll
             except Exception as exc:
-                reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:300]
+                reason = describe_error(exc)[:300]
                 if reason != self.last_error:
                     log.warning("leader election: etcd failed (%s)", reason)
                 self.last_error = reason
@@ -132,9 +132,7 @@ class LeaderElection(threading.Thread):
 
     def _drop_client(self):
         client, self._client = self._client, None
-        if client is not None:
-            self._avoid = endpoint_of(client)
-        close_quietly(client)
+        self._avoid = close_quietly(client) or self._avoid
 
     def _campaign(self, client):
         """One attempt: while the key exists, note who holds it; when it is gone, create

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 
-from skydns.etcdsync import Backoff, close_quietly, endpoint_of, make_client, read_prefix
+from skydns.etcdsync import Backoff, close_quietly, make_client, read_prefix
 from skydns.record import owner_suffix
 
 from .records import OWNER, fingerprint
@@ -91,8 +91,7 @@ class EtcdWriter:
             if self._client is None or (client is not None and self._client is not client):
                 return
             client, self._client = self._client, None
-            self._avoid = endpoint_of(client)
-        close_quietly(client)
+        self._avoid = close_quietly(client) or self._avoid
 
     # -- called by the controller thread -------------------------------------------------
 

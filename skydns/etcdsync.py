@@ -161,12 +161,17 @@ def return_freed_memory():
 
 
 def close_quietly(client):
-    """Close an etcd client that may already be broken (a new one replaces it)."""
-    if client is not None:
-        try:
-            client.close()
-        except Exception:
-            pass
+    """Close an etcd client that may already be broken (a new one replaces it). Returns
+    the ``host:port`` it talked to (None without one), for ``make_client(avoid=...)``: the
+    new client then starts on another member than the one that just failed us."""
+    if client is None:
+        return None
+    endpoint = endpoint_of(client)
+    try:
+        client.close()
+    except Exception:
+        pass
+    return endpoint
 
 
 def read_config_value(config, timeout=2.0):
@@ -265,7 +270,7 @@ class EtcdSync:
                 need_load = True
                 continue
             except Exception as exc:
-                self._set_state("down", _describe(exc))
+                self._set_state("down", describe_error(exc))
                 self._drop_client()  # a new client logs in again (etcd tokens die with it)
                 if len(self.config.machines) > 1 and self._failed_over < 1:
                     self._failed_over += 1  # another member may serve at once: no wait
@@ -276,9 +281,7 @@ class EtcdSync:
     def _drop_client(self):
         """Close the client; the next one starts on another member than this one's."""
         client, self._client = self._client, None
-        if client is not None:
-            self._avoid = endpoint_of(client)
-        close_quietly(client)
+        self._avoid = close_quietly(client) or self._avoid
 
     def _lease_expiry(self, lease_ids):
         """Remaining lifetime of each lease, as monotonic deadlines for the store."""
@@ -353,7 +356,7 @@ class EtcdSync:
                 if isinstance(item, Exception):
                     if isinstance(item, etcd3.exceptions.RevisionCompactedError):
                         raise item
-                    raise ConnectionError(f"watch ended with {_describe(item)}")
+                    raise ConnectionError(f"watch ended with {describe_error(item)}")
                 self._apply(item)
         finally:
             try:
@@ -380,7 +383,7 @@ class EtcdSync:
                                         lease_expiry)
 
 
-def _describe(exc):
+def describe_error(exc):
     """One line for operators: the gRPC status and details, not the multi-line repr."""
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         details = exc.details() if hasattr(exc, "details") else ""
