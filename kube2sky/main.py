@@ -18,6 +18,7 @@ from skydns.record import OWNER_FIELD
 from .controller import Controller
 from .election import KEY_PREFIX, LeaderElection, default_identity
 from .etcdwriter import EtcdWriter
+from .metrics import exposition
 from .records import OWNER, Layout
 from .reflector import Reflector
 from .state import SLIMMERS, DesiredState
@@ -150,7 +151,7 @@ class HealthHandler(BaseHTTPRequestHandler):
         elif self.path.startswith("/healthz"):
             ok, body = self.app.liveness()
         elif self.path.startswith("/metrics"):
-            ok, body = True, self.app.metrics()
+            ok, body = True, exposition(self.app)
             self.send_response(200)
         else:
             ok, body = False, "not found"
@@ -249,38 +250,6 @@ class App:
         if not reasons:
             reasons.append(f"initial sync in progress ({self.writer.pending()} keys to write)")
         return False, "\n".join(reasons)
-
-    def metrics(self) -> str:
-        """Prometheus text: who leads and what the writer did."""
-        election, writer, controller = self.election, self.writer, self.controller
-        lines = []
-
-        def metric(name, kind, help_, value, labels=""):
-            lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}",
-                          f"{name}{labels} {value}"])
-        if election is not None:
-            identity = election.identity.replace("\\", "\\\\").replace('"', '\\"')
-            metric("kube2sky_leader", "gauge", "1 while this replica leads (writes etcd)",
-                   int(election.is_leader), f'{{identity="{identity}"}}')
-            metric("kube2sky_leader_transitions_total", "counter",
-                   "times this replica was elected", election.transitions)
-        ready, _ = self.readiness()
-        metric("kube2sky_ready", "gauge", "1 while /readiness is 200", int(ready))
-        if writer is not None:
-            metric("kube2sky_etcd_keys_written_total", "counter", "keys put into etcd",
-                   writer.written)
-            metric("kube2sky_etcd_keys_deleted_total", "counter", "keys deleted from etcd",
-                   writer.deleted)
-            metric("kube2sky_etcd_keys_pending", "gauge", "changes not written yet",
-                   writer.pending())
-            metric("kube2sky_etcd_writes_fenced_total", "counter",
-                   "transactions etcd refused because another replica led", writer.fenced)
-            metric("kube2sky_changes_discarded_total", "counter",
-                   "changes not written because this replica did not lead", writer.discarded)
-        if controller is not None:
-            metric("kube2sky_desired_keys", "gauge", "keys the API's objects make",
-                   len(controller.state.index))
-        return "\n".join(lines) + "\n"
 
     def liveness(self):
         if self.controller is None:

@@ -23,6 +23,7 @@ import dns.query
 import dns.rcode
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -173,18 +174,21 @@ def served_everywhere(ha, name, timeout):
                  what=f"{name} on skydns :{sky.port}")
 
 
+def leader_metric(k2s):
+    """The value of each kube2sky_leader sample of a kube2sky's /metrics, parsed."""
+    return [sample.value
+            for family in text_string_to_metric_families(k2s._get("/metrics")[1])
+            for sample in family.samples if sample.name == "kube2sky_leader"]
+
+
 def test_one_kube2sky_leads_and_both_report_it(ha):
     leader = wait_for(ha.leader, timeout=10, what="one leading kube2sky")
     standby = [k for k in ha.k2s if k is not leader][0]
     status, body = standby.readiness()
     assert status == 200 and "standing by as" in body and "leads" in body, body
     assert "kube2sky_leader{" in leader._get("/metrics")[1]
-    metric = [line for line in leader._get("/metrics")[1].splitlines()
-              if line.startswith("kube2sky_leader{")]
-    assert metric and metric[0].endswith(" 1"), metric
-    metric = [line for line in standby._get("/metrics")[1].splitlines()
-              if line.startswith("kube2sky_leader{")]
-    assert metric and metric[0].endswith(" 0"), metric
+    assert leader_metric(leader) == [1]
+    assert leader_metric(standby) == [0]
 
 
 def test_answers_survive_etcd_member_deaths_and_new_names_follow_the_new_leader(ha):
