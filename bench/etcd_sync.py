@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dnsperf_vs_dnsmasq import (LOOPBACK, REPO, BenchError, Proc, find_tool, free_port,  # noqa: E402
-                                load_records, name_for, start_etcd, vm_rss_kib, wait_until)
+from dnsperf_vs_dnsmasq import (LOOPBACK, REPO, BenchError, Proc, free_port,  # noqa: E402
+                                load_records, name_for, skydns_command, start_etcd, vm_rss_kib,
+                                wait_until)
 
 sys.path.insert(0, str(REPO))
 import dns.message  # noqa: E402
@@ -47,9 +48,10 @@ def answered(port: int, name: str) -> bool:
     return reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
 
 
-def start_skydns(tmp: Path, etcd_port: int, name: str) -> tuple[Proc, int]:
+def start_skydns(tmp: Path, etcd_port: int, name: str, package_dir: Path = REPO
+                 ) -> tuple[Proc, int]:
     port = free_port()
-    argv = [find_tool("skydns"), f"-addr={LOOPBACK}:{port}",
+    argv = [*skydns_command(package_dir), f"-addr={LOOPBACK}:{port}",
             f"-machines=http://{LOOPBACK}:{etcd_port}", "-domain=cluster.local.",
             f"-nameservers={LOOPBACK}:9", "-healthz-port=0"]
     return Proc(name, argv, tmp), port
@@ -110,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--names", type=int, default=50000)
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=120.0, help="bound for each wait")
+    parser.add_argument("--skydns-dir", type=Path, default=REPO,
+                        help="directory holding the skydns package to run (default: this "
+                             "repository; e.g. a worktree of an older commit)")
     args = parser.parse_args(argv)
     procs = []
     with tempfile.TemporaryDirectory(prefix="skydns-bench-sync-") as tmpdir:
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
         try:
             etcd, etcd_port = start_etcd(tmp, None)
             procs.append(etcd)
-            empty, empty_port = start_skydns(tmp, etcd_port, "skydns-empty")
+            empty, empty_port = start_skydns(tmp, etcd_port, "skydns-empty", args.skydns_dir)
             procs.append(empty)
             wait_until("the empty skydns to answer", lambda: dns.query.udp(
                 dns.message.make_query("version.bind.", "TXT", "CH"), LOOPBACK,
@@ -131,7 +136,7 @@ def main(argv=None) -> int:
             write_s = time.perf_counter() - started
             raw_s, raw_count = raw_range_read(etcd_port)
 
-            sky, port = start_skydns(tmp, etcd_port, "skydns")
+            sky, port = start_skydns(tmp, etcd_port, "skydns", args.skydns_dir)
             procs.append(sky)
             started = time.perf_counter()
             last = name_for(args.names - 1)
