@@ -28,7 +28,7 @@ import time
 from skydns.etcdsync import Backoff, close_quietly, make_client, read_prefix
 from skydns.record import owner_suffix
 
-from .records import OWNER, fingerprint
+from .records import OWNER, fingerprint, fingerprint_of_bytes
 
 log = logging.getLogger("kube2sky.etcd")
 
@@ -152,7 +152,7 @@ class EtcdWriter:
         def records(kvs):
             for kv in kvs:
                 key, value = kv.key.decode(), kv.value
-                actual[key] = fingerprint(value.decode("utf-8", "replace"))
+                actual[key] = fingerprint_of_bytes(value)
                 if value.endswith(suffix):
                     ours.add(key)
         try:
@@ -172,8 +172,9 @@ class EtcdWriter:
         ours, actual, marked = self.read_state() if state is None else state
         prints = getattr(desired, "fingerprints", None)
         prints = prints() if prints else ((k, fingerprint(v)) for k, v in desired.items())
-        changes = {key: desired[key] for key, print_ in prints if actual.get(key) != print_}
-        changes.update((key, None) for key in ours if key not in desired)
+        get = actual.get
+        changes = {key: desired[key] for key, print_ in prints if get(key) != print_}
+        changes.update(dict.fromkeys(ours - desired.keys()))  # a set operation, in C
         if marked:
             log.info("converting %d keys from ownership markers to the owner field",
                      len(marked))

@@ -21,7 +21,7 @@ from .etcdwriter import EtcdWriter
 from .metrics import exposition
 from .records import OWNER, Layout
 from .reflector import Reflector
-from .state import SLIMMERS, DesiredState
+from .state import DesiredState
 
 log = logging.getLogger("kube2sky")
 
@@ -211,8 +211,7 @@ class App:
         if self.election:
             self.election.on_elected = self.controller.elected
             self.election.on_lost = self.controller.lost
-        self.reflectors = [Reflector(kind, func, self.controller.queue, self.stop_event,
-                                     slim=SLIMMERS[kind])
+        self.reflectors = [Reflector(kind, func, self.controller.queue, self.stop_event)
                            for kind, func in sources.items()]
 
     def role(self) -> str:

@@ -67,6 +67,15 @@ def fingerprint(value: str) -> int:
     return hash(value)
 
 
+def fingerprint_of_bytes(value: bytes) -> int:
+    """``fingerprint`` of the text that ``value`` encodes, when that text is ASCII (every
+    value kube2sky writes is: its JSON escapes the rest): CPython hashes an ASCII str and
+    its bytes with the same function over the same bytes, so a restart reads etcd's
+    490,000 values without decoding them. A value that is not ASCII may get another
+    fingerprint; it is never one kube2sky wants, so it is rewritten either way."""
+    return hash(value)
+
+
 def meta(obj):
     metadata = obj.get("metadata") or {}
     return metadata.get("namespace") or "", metadata.get("name") or ""
@@ -277,6 +286,8 @@ def from_slices(slices):
             continue
         addresses = []
         for endpoint in item.get("endpoints") or []:
+            if not isinstance(endpoint, dict):
+                continue  # not an endpoint: the API server never sends one
             ready = (endpoint.get("conditions") or {}).get("ready")
             for ip in endpoint.get("addresses") or []:
                 addresses.append(Endpoint(ip, endpoint.get("hostname") or "",

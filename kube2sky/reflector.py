@@ -3,17 +3,16 @@
 The idiom of client-go's reflector: list, watch from the list's resourceVersion, re-watch
 from the last seen resourceVersion when the server ends a watch normally, and relist when
 the version is too old (410 Gone) or the stream breaks. Lists are paged (``limit`` and
-``continue``, LIST_PAGE objects a page, as client-go's pager); every object is slimmed
-(``state.SLIMMERS``) and every page handed to the controller as it arrives, so a list of
-20,000 pods never holds their full specs at once, and the records of the first pages are
-computed (and written) while the next are fetched. The end of a list names every object
-listed: those the controller holds beyond them were deleted meanwhile. Events go, as slimmed API JSON, to the controller's queue; this thread keeps
-no objects.
+``continue``, LIST_PAGE objects a page, as client-go's pager); every page is decoded
+straight into slim objects (``slim.KindDecoder``: a list of 20,000 pods never holds their
+full specs) and handed to the controller as it arrives, so the records of the first pages
+are computed (and written) while the next are fetched. The end of a list names every
+object listed: those the controller holds beyond them were deleted meanwhile. Events go,
+as slim API JSON, to the controller's queue; this thread keeps no objects.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from kubernetes.client.rest import ApiException
 from skydns.etcdsync import Backoff
 
 from .records import meta
+from .slim import CHANGES, KindDecoder
 
 log = logging.getLogger("kube2sky.reflector")
 
@@ -33,11 +33,10 @@ LIST_PAGE = 500          # objects per list request (client-go's pager default)
 
 
 class Reflector(threading.Thread):
-    def __init__(self, kind, list_func, out, stop_event, watch_timeout=WATCH_TIMEOUT,
-                 slim=lambda obj: obj):
+    def __init__(self, kind, list_func, out, stop_event, watch_timeout=WATCH_TIMEOUT):
         super().__init__(name=f"reflector-{kind}", daemon=True)
         self.kind = kind
-        self.slim = slim
+        self.decoder = KindDecoder(kind)
         self.list_func = list_func
         self.out = out
         self.stop_event = stop_event
@@ -90,11 +89,9 @@ class Reflector(threading.Thread):
             kwargs = {"_continue": token} if token else {}
             response = self.list_func(limit=LIST_PAGE, _preload_content=False,
                                       _request_timeout=LIST_TIMEOUT, **kwargs)
-            data = json.loads(response.data)
-            items = [self.slim(obj) for obj in data.get("items") or []]
+            items, metadata = self.decoder.page(response.data)
             listed.update(meta(obj) for obj in items)
             self.out.put(("page", self.kind, items))  # applied while the next is fetched
-            metadata = data.get("metadata") or {}
             version = metadata.get("resourceVersion") or version
             token = metadata.get("continue")
             pages += 1
@@ -126,15 +123,13 @@ class Reflector(threading.Thread):
             for line in iter_resp_lines(response):
                 if self.stop_event.is_set():
                     break
-                event = json.loads(line)
-                kind = event.get("type")
-                obj = event.get("object") or {}
+                kind, obj, seen = self.decoder.event(line)
                 if kind == "ERROR":
                     raise ApiException(status=obj.get("code"),
                                        reason=obj.get("reason") or obj.get("message"))
-                version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self.out.put(("event", self.kind, kind, self.slim(obj)))
+                version = seen or version
+                if kind in CHANGES:
+                    self.out.put(("event", self.kind, kind, obj))
         finally:
             response.release_conn()
         return version

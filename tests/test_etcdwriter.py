@@ -130,6 +130,29 @@ def test_read_state_pages_a_big_prefix(etcd, clean, monkeypatch):
         writer.stop()
 
 
+def test_etcd_values_are_fingerprinted_undecoded_as_their_text_would_be(etcd, clean):
+    """read_state hashes etcd's bytes (kube2sky's values are ASCII): the same fingerprint
+    as the desired text, so a restart in sync writes nothing; a value that is not ASCII
+    (someone else's, under a key kube2sky wants) is rewritten."""
+    from kube2sky.records import fingerprint_of_bytes
+    from skydns.record import encode_text
+    for text in (ours(1), encode_text("1.1.0", owner="kube2sky"), "", "{}",
+                 encode_record("caf\u00e9.example.", port=80, owner="kube2sky")):
+        assert text.isascii() and fingerprint_of_bytes(text.encode()) == fingerprint(text)
+    writer = writer_for(etcd, writers=1)
+    want = {f"{PREFIX}ascii": ours(1), f"{PREFIX}accent": ours(2)}
+    clean.put(f"{PREFIX}ascii", ours(1))
+    clean.put(f"{PREFIX}accent", '{"host":"café.example."}')
+    writer.start()
+    try:
+        assert writer.reconcile(want) == 1
+        wait_written(writer)
+        assert clean.get(f"{PREFIX}accent")[0].decode() == ours(2)
+        assert writer.reconcile(want) == 0
+    finally:
+        writer.stop()
+
+
 def test_a_change_sent_before_the_start_up_snapshot_arrives_is_applied_to_it(etcd):
     """The snapshot read may miss a write sent while it was read; a later deletion of that
     key must still be sent (it was left out as "not in etcd" before)."""
