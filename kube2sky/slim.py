@@ -8,16 +8,16 @@ its services, slices and pods for as long as they exist, 35,000 of them in a big
 ``KindDecoder`` decodes a list page or a watch event with msgspec into only those fields
 (msgspec skips the unknown ones in C, without building them), then slims that. json.loads
 of the whole page and slim() of every object were a quarter of a restart's CPU at 490,000
-records. An object msgspec will not take in the schema's shape (a spec that is null, a port
-that is not an object) sends its page back through json.loads and slim(), so an odd object
-gives exactly what it gave before.
+records. An object msgspec will not take in the schema's shape (a spec that is a string, a
+port that is not an object) sends its page back through json.loads and slim(), so an odd
+object gives exactly what it gave before.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, TypedDict
+from typing import Any, Optional, TypedDict
 
 import msgspec
 
@@ -25,21 +25,27 @@ from .records import HOSTNAMES_ANNOTATION, meta
 
 log = logging.getLogger("kube2sky.slim")
 
-# What the records read of a Service's spec, of its ports, and of a slice's endpoints.
+# What the records read: of an object's metadata, of the object itself, of a Service's spec,
+# of a port, of a slice's endpoint, and of a pod's status. The msgspec schemas further
+# down are made from these, so they decode exactly what the slimmers read.
+METADATA_FIELDS = ("namespace", "name", "labels")
+OBJECT_FIELDS = ("subsets", "addressType")
 SERVICE_SPEC = ("type", "clusterIP", "clusterIPs", "externalName", "ports",
                 "publishNotReadyAddresses")
 PORT_FIELDS = ("name", "port", "protocol")
+ENDPOINT_FIELDS = ("addresses", "hostname")
+POD_STATUS = ("podIP", "podIPs")
 NOT_READY = {"ready": False}  # shared by every not-ready endpoint (never changed)
 
 
 def slim(obj: dict) -> dict:
     """A Service, Endpoints or EndpointSlice reduced to what its records read."""
     metadata = _mapping(obj.get("metadata"))
-    kept = {k: metadata[k] for k in ("namespace", "name", "labels") if k in metadata}
+    kept = {k: metadata[k] for k in METADATA_FIELDS if k in metadata}
     hostnames = _mapping(metadata.get("annotations")).get(HOSTNAMES_ANNOTATION)
     if hostnames:
         kept["annotations"] = {HOSTNAMES_ANNOTATION: hostnames}
-    out = {k: v for k, v in obj.items() if k in ("subsets", "addressType")}
+    out = {k: obj[k] for k in OBJECT_FIELDS if k in obj}
     spec = obj.get("spec")
     if isinstance(spec, dict):
         out["spec"] = {k: spec[k] for k in SERVICE_SPEC if k in spec}
@@ -91,79 +97,34 @@ def slim_pod(obj: dict) -> dict:
     return {"metadata": {"namespace": ns, "name": name}, "status": kept}
 
 
-# -- the same fields as msgspec schemas (total=False: a field may be absent) -------------
-# Leaves are Any, so any JSON value passes as json.loads gives it; only the nesting the
-# slimmers walk is typed (or null), and that is what lets msgspec skip everything else.
+# -- the same fields as msgspec schemas ---------------------------------------------------
 
-class _Port(TypedDict, total=False):
-    name: Any
-    port: Any
-    protocol: Any
-
-
-class _Conditions(TypedDict, total=False):
-    ready: Any
+def _schema(name, fields=(), **nested):
+    """A TypedDict of ``fields``, any JSON value each (as json.loads gives it), and of
+    ``nested`` ones, of the type given or null; any field may be absent. Only the nesting
+    the slimmers walk is typed, and that is what lets msgspec skip everything else."""
+    types = dict.fromkeys(fields, Any)
+    types.update((key, Optional[kind]) for key, kind in nested.items())
+    return TypedDict(name, types, total=False)
 
 
-class _Endpoint(TypedDict, total=False):
-    addresses: Any
-    hostname: Any
-    conditions: _Conditions | None
-
-
-class _Spec(TypedDict, total=False):
-    type: Any
-    clusterIP: Any
-    clusterIPs: Any
-    externalName: Any
-    ports: list[_Port] | None
-    publishNotReadyAddresses: Any
-
-
-_Annotations = TypedDict("_Annotations", {HOSTNAMES_ANNOTATION: Any}, total=False)
-
-
-class _Metadata(TypedDict, total=False):
-    namespace: Any
-    name: Any
-    labels: Any
-    annotations: _Annotations | None
-    resourceVersion: Any  # where a watch goes on from (slim drops it)
-
-
-class _Object(TypedDict, total=False):
-    """A Service, Endpoints or EndpointSlice: the fields ``slim`` keeps."""
-    metadata: _Metadata | None
-    spec: _Spec | None
-    subsets: Any
-    addressType: Any
-    ports: list[_Port] | None
-    endpoints: list[_Endpoint] | None
-
-
-class _PodMetadata(TypedDict, total=False):
-    namespace: Any
-    name: Any
-    resourceVersion: Any
-
-
-class _PodStatus(TypedDict, total=False):
-    podIP: Any
-    podIPs: Any
-
-
-class _Pod(TypedDict, total=False):
-    metadata: _PodMetadata | None
-    status: _PodStatus | None
-
-
-_ListMetadata = TypedDict("_ListMetadata", {"resourceVersion": Any, "continue": Any},
-                          total=False)
-
-
-class _Event(TypedDict, total=False):
-    type: Any
-    object: msgspec.Raw  # decoded by its type: an ERROR event carries a Status
+_RESOURCE_VERSION = ("resourceVersion",)  # where a watch goes on from (slim drops it)
+_Port = _schema("_Port", PORT_FIELDS)
+_OBJECT = _schema(  # a Service, Endpoints or EndpointSlice: what ``slim`` keeps
+    "_Object", OBJECT_FIELDS,
+    metadata=_schema("_Metadata", METADATA_FIELDS + _RESOURCE_VERSION,
+                     annotations=_schema("_Annotations", (HOSTNAMES_ANNOTATION,))),
+    spec=_schema("_Spec", SERVICE_SPEC, ports=list[_Port]),
+    ports=list[_Port],
+    endpoints=list[_schema("_Endpoint", ENDPOINT_FIELDS,
+                           conditions=_schema("_Conditions", ("ready",)))])
+_POD = _schema("_Pod", metadata=_schema("_PodMetadata", ("namespace", "name")
+                                        + _RESOURCE_VERSION),
+               status=_schema("_PodStatus", POD_STATUS))
+_LIST_METADATA = _schema("_ListMetadata", _RESOURCE_VERSION + ("continue",))
+# A watch event's object is decoded by its type: an ERROR event carries a Status.
+_EVENT = msgspec.json.Decoder(TypedDict("_Event", {"type": Any, "object": msgspec.Raw},
+                                        total=False))
 
 
 CHANGES = ("ADDED", "MODIFIED", "DELETED")  # the watch events that carry an object
@@ -174,12 +135,10 @@ class KindDecoder:
 
     def __init__(self, kind: str):
         self.kind = kind
-        schema, self.slimmer = (_Pod, slim_pod) if kind == "pods" else (_Object, slim)
-        page = TypedDict(f"_{kind}List", {"items": list[schema], "metadata": _ListMetadata},
-                         total=False)
+        schema, self.slimmer = (_POD, slim_pod) if kind == "pods" else (_OBJECT, slim)
+        page = _schema(f"_{kind}List", items=list[schema], metadata=_LIST_METADATA)
         self._page = msgspec.json.Decoder(page)
         self._object = msgspec.json.Decoder(schema)
-        self._event = msgspec.json.Decoder(_Event)
 
     def page(self, data: bytes) -> tuple[list[dict], dict]:
         """(slim items, the list's metadata) of one list response body."""
@@ -199,7 +158,7 @@ class KindDecoder:
         """(type, object, resourceVersion) of one watch event: the object slim, an ERROR's
         Status and a BOOKMARK as sent."""
         try:
-            event = self._event.decode(line)
+            event = _EVENT.decode(line)
             kind, raw = event.get("type"), event.get("object")
             obj = {} if raw is None else (self._object.decode(raw) if kind in CHANGES
                                           else json.loads(bytes(raw)) or {})

@@ -151,6 +151,29 @@ def bound_malloc_arenas(arenas: int = 2, mmap_threshold: int = 128 * 1024):
         pass
 
 
+class CollectorPause:
+    """The cyclic garbage collector off while a few hundred thousand long-lived objects are
+    built (a store loaded, kube2sky's first lists), then those objects frozen out of later
+    collections (``gc.freeze``) and the collector on again. Each full collection walked
+    the growing structure again, for nothing: it holds no cycles, and what it replaces is
+    freed by reference counting (a quarter of a load's time, 4 s of a kube2sky restart)."""
+
+    def __init__(self):
+        self.active = False
+
+    def pause(self):
+        self.active = gc.isenabled()  # someone else's pause is theirs to end
+        gc.disable()
+
+    def resume(self, freeze: bool = True):
+        """Idempotent; ``freeze=False`` when what was built is thrown away (a failed read)."""
+        if self.active:
+            self.active = False
+            if freeze:
+                gc.freeze()
+            gc.enable()
+
+
 def return_freed_memory():
     """Give the heap that decoding the pages used, now free, back to the OS (glibc keeps
     it, in the arenas of the gRPC threads: a third of a big load's resident size)."""
@@ -301,19 +324,21 @@ class EtcdSync:
 
         def progress(count):
             log.info("loading from etcd: %d keys so far", count)
-        # The load makes a few hundred thousand objects and frees none: the cyclic
-        # collector would walk the growing tree again and again for nothing (a quarter of
-        # the load's time). It is off while the load runs, and the tree is frozen once in
-        # place, so that later collections skip it (it holds no cycles: a replaced tree is
-        # freed by reference counting).
-        collecting = gc.isenabled()
-        gc.disable()
+        collector = CollectorPause()  # off while the tree is built, frozen once in place
+        collector.pause()
         try:
             revision = read_prefix(self._client, self.prefix, each_page=loader.add_page,
                                    progress=progress)
+            self._install(loader, revision)
+            collector.resume()
         finally:
-            if collecting:
-                gc.enable()
+            collector.resume(freeze=False)  # the load failed: nothing to keep frozen
+        return_freed_memory()
+        log.info("read %d keys under %s in %.2fs", loader.keys, self.prefix,
+                 time.monotonic() - started)
+
+    def _install(self, loader, revision):
+        """Put a loaded tree in place, on the reactor thread, and wait until it is."""
         leases = self._lease_expiry(loader.leases)
         self.revision = revision
         self.reloads += 1
@@ -326,10 +351,6 @@ class EtcdSync:
                 done.set()
         self.reactor.callFromThread(install)
         done.wait(timeout=60)
-        gc.freeze()
-        return_freed_memory()
-        log.info("read %d keys under %s in %.2fs", loader.keys, self.prefix,
-                 time.monotonic() - started)
 
     def _watch(self, backoff):
         """Watch from revision+1 until the stream breaks or etcd stops answering."""

@@ -189,8 +189,7 @@ def test_usual_pages_do_not_fall_back_to_json(caplog):
         KindDecoder(kind).page(page(objects))
     assert caplog.records == []
     KindDecoder("services").page(page([odd(service("x"), spec="nonsense")]))
-    assert [r.getMessage() for r in caplog.records] == [
-        caplog.records[0].getMessage()]
+    assert len(caplog.records) == 1
     assert "services: a list page not in the usual shape" in caplog.records[0].getMessage()
 
 

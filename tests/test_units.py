@@ -299,3 +299,36 @@ def test_bound_malloc_arenas_keeps_threads_in_two_heaps():
         return int(out)
     assert heaps("free") > 2   # what glibc does by itself: an arena per thread
     assert heaps("bound") <= 2
+
+
+# -- the collector paused while a big structure is built ----------------------------------
+
+def test_collector_pause_freezes_what_was_built_and_leaves_others_pauses_alone():
+    import gc
+
+    from skydns.etcdsync import CollectorPause
+    assert gc.isenabled()
+    try:
+        frozen = gc.get_freeze_count()
+        pause = CollectorPause()
+        pause.pause()
+        assert not gc.isenabled()
+        built = [{"key": i} for i in range(1000)]
+        pause.resume()
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(built)
+        frozen = gc.get_freeze_count()
+        pause.resume()  # idempotent
+        assert gc.get_freeze_count() == frozen
+
+        failed = CollectorPause()
+        failed.pause()
+        failed.resume(freeze=False)
+        assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+        gc.disable()  # someone else's pause: ours must not end it
+        inner = CollectorPause()
+        inner.pause()
+        inner.resume()
+        assert not gc.isenabled() and gc.get_freeze_count() == frozen
+    finally:
+        gc.enable()
