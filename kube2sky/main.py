@@ -15,6 +15,7 @@ from skydns.config import parse_bool, parse_duration
 from skydns.etcdsync import bound_malloc_arenas
 from skydns.record import OWNER_FIELD
 
+from . import api
 from .controller import Controller
 from .election import KEY_PREFIX, LeaderElection, default_identity
 from .etcdwriter import EtcdWriter
@@ -117,22 +118,13 @@ def kubernetes_client(args):
     return client.ApiClient(configuration)
 
 
-def slices_served(api_client) -> bool:
-    """Whether the API serves discovery.k8s.io/v1. Raises while the API is unreachable:
-    the answer must come from the API, not from a failure to reach it."""
-    from kubernetes import client
-    groups = client.ApisApi(api_client).get_api_versions(_request_timeout=10)
-    return any(g.name == "discovery.k8s.io" and any(v.version == "v1" for v in g.versions)
-               for g in groups.groups or [])
-
-
 def wait_for_discovery(api_client, stop_event) -> bool | None:
     """Ask the API until it answers (bounded, jittered backoff); None when stopped."""
     from skydns.etcdsync import Backoff
     backoff, last = Backoff(0.5, 15.0), None
     while not stop_event.is_set():
         try:
-            return slices_served(api_client)
+            return api.slices_served(api_client)
         except Exception as exc:
             reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
             if reason != last:
@@ -181,8 +173,7 @@ class App:
 
     def setup(self, use_slices):
         """Build the sync machinery once we know where endpoint data comes from."""
-        from kubernetes import client
-        args, api = self.args, self.api
+        args = self.args
         log.info("endpoint data from %s", "EndpointSlices (discovery.k8s.io/v1)"
                  if use_slices else "v1 Endpoints")
         layout = Layout(args.domain, args.ttl, endpoint_ip_names=args.endpoint_ip_names)
@@ -196,15 +187,10 @@ class App:
                                            ttl=args.leader_elect_lease_duration)
         self.writer = EtcdWriter(etcd_config, [layout.base + "/", "/skydns/arpa/"],
                                  timeout=args.etcd_mutation_timeout, election=self.election)
-        core = client.CoreV1Api(api)
-        sources = {"services": core.list_service_for_all_namespaces}
-        if use_slices:
-            sources["endpointslices"] = \
-                client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces
-        else:
-            sources["endpoints"] = core.list_endpoints_for_all_namespaces
+        kinds = ["services", "endpointslices" if use_slices else "endpoints"]
         if args.pod_records:
-            sources["pods"] = core.list_pod_for_all_namespaces
+            kinds.append("pods")
+        sources = {kind: api.collection(self.api, kind) for kind in kinds}
         leading = self.election.write_fence if self.election else None
         self.controller = Controller(self.state, self.writer, sources, self.stop_event,
                                      leading=leading)

@@ -111,24 +111,51 @@ def address_leaf(layout, ip):
 
 @functools.lru_cache(maxsize=RECENT_ADDRESSES)
 def _address_leaf(host, ttl):
-    value = encode_record(host, ttl=ttl)
-    head, head_state, tail, tail_hash = _address_template(ttl)
-    if value.startswith(head) and value.endswith(tail):  # always, as encode_record is
-        middle = value[len(head):len(value) - len(tail)].encode()
-        label = format(tail_hash.extend(fnv1a32(middle, head_state)), "x")
-    else:
-        label = fnv1a32_label(value)
-    return label, encode_record(host, ttl=ttl, owner=OWNER)
+    head, head_state, tail_hash, owned_tail = _address_template(ttl)
+    label = format(tail_hash.extend(fnv1a32(host.encode(), head_state)), "x")
+    return label, head + host + owned_tail
 
 
 @functools.lru_cache(maxsize=None)
 def _address_template(ttl):
-    """An address value around its host, for one TTL: the text before the host and its
-    FNV state, the text after it and its Fnv1a32Tail."""
-    template = encode_record("X", ttl=ttl)
-    at = template.index('"X"')
-    head, tail = template[:at], template[at + 3:]
-    return head, fnv1a32(head.encode()), tail, Fnv1a32Tail(tail.encode())
+    """An address value around its host, for one TTL: the text before the host and its FNV
+    state, the Fnv1a32Tail of the text after it as the original kube2sky wrote it (no owner
+    field), and the text after it as we write it (with our owner field). The text of an
+    address needs no JSON escape, so a value is the three joined."""
+    head, tail = _around_host(encode_record("X", ttl=ttl))
+    owned_tail = _around_host(encode_record("X", ttl=ttl, owner=OWNER))[1]
+    return head, fnv1a32(head.encode()), Fnv1a32Tail(tail.encode()), owned_tail
+
+
+_HOST_HEAD = '{"host":"'  # how every encode_record value starts
+
+
+def _around_host(template: str) -> tuple[str, str]:
+    """A value whose host begins with ``X``: the text before that X and after it."""
+    if not template.startswith(_HOST_HEAD + "X"):
+        raise ValueError(f"not a value whose host starts with X: {template!r}")
+    return _HOST_HEAD, template[len(_HOST_HEAD) + 1:]
+
+
+class TargetValues:
+    """The values of the records that name ``<label>.<fqdn>`` (a headless service's PTR and
+    SRV records) for one fqdn. The JSON around the label is the same for every endpoint:
+    it is built once per service, and a value is three strings joined (``encode_record``
+    for each was a third of computing a big cluster's records). Only for labels that JSON
+    leaves as they are: DNS labels and hashes."""
+
+    __slots__ = ("layout", "suffix", "tails")
+
+    def __init__(self, layout, fqdn):
+        self.layout, self.suffix = layout, "." + fqdn
+        self.tails = {}  # port -> the text after the label
+
+    def value(self, label: str, port: int = 0) -> str:
+        tail = self.tails.get(port)
+        if tail is None:
+            tail = self.tails[port] = _around_host(self.layout.value("X" + self.suffix,
+                                                                     port=port))[1]
+        return _HOST_HEAD + label + tail
 
 
 def reverse_key(ip) -> str:
@@ -203,10 +230,14 @@ def headless_records(layout, namespace, name, service, groups):
     fqdn = layout.service_name(namespace, name)
     key = f"{layout.base}/svc/{namespace}/{name}"
     publish_not_ready = bool((service.get("spec") or {}).get("publishNotReadyAddresses"))
+    targets = TargetValues(layout, fqdn)
     records, problems = {}, []
     dashed = {}  # the dashed-IP leaves, added once every hostname has its leaf
     # Sorted so that duplicate hostnames resolve the same way every time.
     for addresses, ports in groups:
+        srv = [(f"{key}/_{(protocol or 'TCP').lower()}/_{port_name.lower()}/", number)
+               for port_name, number, protocol in ports
+               if port_name and isinstance(port_name, str) and isinstance(number, int)]
         for endpoint in sorted(addresses, key=lambda e: (e.hostname, e.ip)):
             if not endpoint.ready and not publish_not_ready:
                 continue
@@ -230,14 +261,9 @@ def headless_records(layout, namespace, name, service, groups):
                 # where a query for the hostname still finds it.
                 leaf = f"{leaf}/{hashed}"
             records.setdefault(leaf, value)
-            target = f"{label}.{fqdn}"
-            records.setdefault(reverse_key(ip), layout.value(target))
-            for port_name, number, protocol in ports:
-                if not port_name or not isinstance(number, int):
-                    continue
-                records.setdefault(
-                    f"{key}/_{(protocol or 'TCP').lower()}/_{port_name.lower()}/{label}",
-                    layout.value(target, port=number))
+            records.setdefault(reverse_key(ip), targets.value(label))
+            for srv_key, number in srv:
+                records.setdefault(srv_key + label, targets.value(label, number))
     for leaf, value in dashed.items():
         # A dashed label never equals a hash label (those have no "-") nor an SRV label;
         # it may equal a hostname (a valid DNS label), and the hostname's leaf wins.

@@ -217,15 +217,17 @@ class Handler(BaseHTTPRequestHandler):
                 return self._watch(res, namespace, query, selector)
             if name is not None:
                 return self._send(200, store.get(res, namespace, name))
-            items, rv, token, remaining = store.list(
+            items, rv, token, remaining = store.list_json(
                 res, namespace, _matcher(query.get("labelSelector"), query.get("fieldSelector")),
                 _int(query.get("limit"), "limit"), query.get("continue") or None)
             meta: dict[str, Any] = {"resourceVersion": rv}
             if token:
                 meta["continue"] = token
                 meta["remainingItemCount"] = remaining
-            return self._send(200, {"kind": res.kind + "List", "apiVersion": res.api_version,
-                                    "metadata": meta, "items": items})
+            head = json.dumps({"kind": res.kind + "List", "apiVersion": res.api_version,
+                               "metadata": meta})
+            return self._send(200, b"".join((head[:-1].encode(), b', "items": [',
+                                             b", ".join(items), b"]}")))
         if method == "POST":
             if name is not None:
                 raise ApiError(405, "POST is not supported on a named %s" % res.kind,

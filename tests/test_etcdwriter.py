@@ -231,3 +231,21 @@ def test_wait_below_holds_a_list_back_only_while_etcd_drains(etcd, clean):
     waiter.start()
     waiter.join(10)
     assert done == [False]
+
+
+def test_a_transaction_is_the_message_the_etcd3_client_builds():
+    """txn_request builds the same TxnRequest as the client's transaction(), puts, deletes
+    and a fencing comparison included (the bytes etcd receives are the same)."""
+    from etcd3 import etcdrpc
+    from etcd3.client import MultiEndpointEtcd3Client
+    from etcd3.transactions import Create, Delete, Put
+    batch = {f"{PREFIX}k{i}": (None if i % 3 == 0 else ours(i)) for i in range(300)}
+    batch[f"{PREFIX}caf\u00e9"] = '{"text":"caf\u00e9"}'
+    compare = [Create("/kube2sky/leader/cluster.local") == 4711]
+    ops = [Delete(key) if value is None else Put(key, value) for key, value in batch.items()]
+    builder = MultiEndpointEtcd3Client.__new__(MultiEndpointEtcd3Client)
+    expected = etcdrpc.TxnRequest(compare=[c.build_message() for c in compare],
+                                  success=builder._ops_to_requests(ops), failure=[])
+    assert etcdwriter.txn_request(batch, compare).SerializeToString() == \
+        expected.SerializeToString()
+    assert etcdwriter.txn_request({}).SerializeToString() == b""

@@ -12,6 +12,7 @@ import pytest
 from kube2sky.records import (Layout, from_endpoints, from_slices, pod_records,
                               service_records)
 from kube2sky.state import DesiredState
+from kube2sky.records import fingerprint
 
 L = Layout("cluster.local", ttl=30)
 BASE = "/skydns/local/cluster"
@@ -408,7 +409,7 @@ def test_random_object_changes_keep_etcd_equal_to_a_fresh_build():
             else:
                 etcd[key] = new
     apply(state.desired())
-    for _ in range(600):
+    for step in range(600):
         name = rng.choice(["a", "b", "c"])
         kind = rng.choice(["services", "endpointslices", "pods"])
         if kind == "services":
@@ -430,6 +431,12 @@ def test_random_object_changes_keep_etcd_equal_to_a_fresh_build():
             held[ident] = obj
             apply(state.handle(kind, "MODIFIED", obj))
         assert dict(state.desired().items()) == etcd
+        if step % 5 == 0:  # what a reconcile finds different, shared keys included
+            prints = {key: fingerprint(value) for key, value in etcd.items()}
+            assert state.desired().differing(prints) == []
+            stale = random.Random(step).choice(sorted(etcd))
+            prints[stale] = fingerprint("an older value")
+            assert state.desired().differing(prints) == [stale]
     fresh = DesiredState(L)
     for (kind, _), obj in sorted(held.items(), key=lambda item: item[0]):
         fresh.handle(kind, "ADDED", obj)
@@ -456,3 +463,17 @@ def test_address_labels_are_the_original_kube2sky_hash(host, ttl):
     label, value = address_leaf(layout, ipaddress.ip_address(host))
     assert label == fnv1a32_label(encode_record(host, ttl=ttl))
     assert value == encode_record(host, ttl=ttl, owner="kube2sky")
+
+
+@pytest.mark.parametrize("fqdn", ["web.default.svc.cluster.local.", "a.b.svc.example.org.",
+                                  'odd"na\\me.ns.svc.cluster.local.', "x.ns.svc.caf\u00e9."])
+@pytest.mark.parametrize("ttl", [0, 30, 3600])
+def test_target_values_are_the_encoded_records(fqdn, ttl):
+    """A headless service's PTR and SRV values, joined around the label, are exactly what
+    encoding each record gives, for any fqdn (one that JSON escapes included)."""
+    from kube2sky.records import TargetValues
+    layout = Layout("cluster.local", ttl=ttl)
+    targets = TargetValues(layout, fqdn)
+    for label in ["host-0", "a", "3f2a9c01", "10-244-1-7", "x" * 63]:
+        for port in [0, 1, 80, 9090, 65535]:
+            assert targets.value(label, port) == layout.value(f"{label}.{fqdn}", port=port)

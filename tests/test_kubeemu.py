@@ -281,6 +281,29 @@ def test_service_get_list_update_patch_delete(emu, v1, ns):
     assert again.value.status == 404
 
 
+def test_a_list_serves_each_object_as_its_last_write_left_it(emu, v1, ns):
+    """Lists are served from JSON kept between lists (as the API server's watch cache):
+    every create, update, patch and delete shows in the next list, in key order."""
+    def listed():
+        status, body = http(emu, "GET", "/api/v1/namespaces/%s/services" % ns)
+        assert status == 200
+        return [(s["metadata"]["name"], s["metadata"]["labels"].get("v"))
+                for s in body["items"]]
+    for name in ("b", "a", "c"):
+        v1.create_namespaced_service(ns, svc_body(name, {"v": "1"}))
+    assert listed() == [("a", "1"), ("b", "1"), ("c", "1")]
+    body = v1.read_namespaced_service("b", ns).to_dict()
+    body["metadata"]["labels"]["v"] = "2"
+    v1.replace_namespaced_service("b", ns, body)
+    assert listed() == [("a", "1"), ("b", "2"), ("c", "1")]
+    v1.patch_namespaced_service("c", ns, {"metadata": {"labels": {"v": "3"}}})
+    v1.delete_namespaced_service("a", ns)
+    v1.create_namespaced_service(ns, svc_body("aa", {"v": "4"}))
+    assert listed() == [("aa", "4"), ("b", "2"), ("c", "3")]
+    page = v1.list_namespaced_service(ns, limit=2)
+    assert [s.metadata.name for s in page.items] == ["aa", "b"]
+
+
 def test_pagination_with_limit_and_continue(v1, ns):
     for i in range(5):
         v1.create_namespaced_service(ns, svc_body("p%d" % i))
