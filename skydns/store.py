@@ -25,10 +25,12 @@ import sys
 import time
 import types
 
-from .record import (MAX_NAME_WIRE, PLAIN_LABEL, Record, RecordError, key_labels, parse_record,
-                     plain_record, plain_value)
+from .record import (MAX_NAME_WIRE, PLAIN_LABEL, PLAIN_LABEL_BYTES, Record, RecordError,
+                     key_labels, parse_record, plain_record, plain_value)
 
 log = logging.getLogger("skydns.store")
+
+LABELS_SHARED = 4096  # leaf labels a load remembers to share equal ones (see Loader)
 
 # The children of a node without any: one shared read-only mapping instead of a dict each.
 NO_CHILDREN = types.MappingProxyType({})
@@ -71,7 +73,9 @@ class RecordStore:
         # Keys whose values may be kept compact: ``key_of`` their labels gives them back.
         plain_key = re.escape("/" + prefix) + f"(?:{PLAIN_LABEL})+"
         self.plain_key = re.compile(plain_key)
-        self.plain_key_bytes = re.compile(plain_key.encode())
+        # The path above a plain key's last label (the prefix, then labels).
+        self.plain_path_bytes = re.compile((re.escape("/" + prefix) +
+                                            f"(?:{PLAIN_LABEL})*").encode())
         self.labels_start = len(prefix) + 2  # where the labels begin in such a key
 
     # -- feeding from etcd -------------------------------------------------------------
@@ -340,6 +344,7 @@ class Loader:
         self._parent_key = None  # the key of the node the last record went below, and it
         self._parent = None
         self._values = {}  # the values below that node: equal ones share one bytes object
+        self._labels = {}  # leaf labels seen lately: equal ones share one str (see below)
 
     def add(self, key: str, value, lease: int = 0):
         self.keys += 1
@@ -353,27 +358,52 @@ class Loader:
         tree._put(key, value, lease, quiet=self.known_bad.get(key))
 
     def add_page(self, kvs):
-        """``add`` for each etcd KeyValue of a range reply: the common case inline."""
+        """``add`` for each etcd KeyValue of a range reply: the common case inline. Keys
+        come sorted, so the path above a key's last label is checked, and its node found,
+        once for all the keys below it; each key's own label is checked by deleting the
+        plain characters from it (what is left, if anything, is not plain)."""
         tree = self.tree
-        plain_key, start, config_key = tree.plain_key_bytes.fullmatch, tree.labels_start, \
+        plain_path, start, config_key = tree.plain_path_bytes.fullmatch, tree.labels_start, \
             self.config_key
         parent_key, parent, values = self._parent_key, self._parent, self._values
+        labels = self._labels
+        checked_path, path_ok = None, False
+        keys = added = 0
         for kv in kvs:
             key = kv.key
+            path, _, label = key.rpartition(b"/")
+            if path != checked_path:
+                checked_path, path_ok = path, plain_path(path) is not None
             compact = None
-            if not (kv.lease or len(key) > MAX_NAME_WIRE or key == config_key
-                    or plain_key(key) is None):
+            if (path_ok and 0 < len(label) <= 63 and not label.translate(None, PLAIN_LABEL_BYTES)
+                    and len(key) <= MAX_NAME_WIRE and not kv.lease and key != config_key):
                 compact = plain_value(kv.value)
             if compact is None:
                 self.add(key.decode("utf-8", "replace"), kv.value, kv.lease)
                 parent_key = None
                 continue
-            self.keys += 1
-            path, _, label = key.rpartition(b"/")
+            keys += 1
             if path != parent_key:
                 parent_key, parent, values = path, tree.root, {}
                 for part in (path[start:].decode("ascii").split("/")
                              if len(path) >= start else ()):
                     parent = tree.path_child(parent, part)
-            tree.set_leaf(parent, label.decode("ascii"), values.setdefault(compact, compact))
+            compact = values.setdefault(compact, compact)
+            label = label.decode("ascii")
+            label = labels.setdefault(label, label)
+            if len(labels) > LABELS_SHARED:
+                labels.clear()
+            children = parent.children
+            entry = children.get(label)
+            if entry is None:
+                if children is NO_CHILDREN:
+                    children = parent.children = {}
+                children[label] = compact
+                added += 1
+            elif entry.__class__ is Node:
+                tree.set_leaf(parent, label, compact)
+            else:
+                children[label] = compact
+        tree.count += added
+        self.keys += keys
         self._parent_key, self._parent, self._values = parent_key, parent, values

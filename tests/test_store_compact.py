@@ -220,6 +220,78 @@ def test_a_plain_value_replaced_by_a_bad_one_is_skipped_and_reported():
     assert store.count == 0 and "port must be an integer" in store.bad[KEY]
 
 
+def test_the_plain_label_bytes_are_the_characters_of_plain_label():
+    import re
+    from skydns.record import PLAIN_LABEL, PLAIN_LABEL_BYTES
+    for byte in range(256):
+        assert (bytes([byte]) in PLAIN_LABEL_BYTES) == \
+            bool(re.fullmatch(PLAIN_LABEL, "/" + chr(byte))), byte
+
+
+def _page(items):
+    """A range reply's KeyValues, as etcd sends them (sorted by key)."""
+    from etcd3 import etcdrpc
+    reply = etcdrpc.RangeResponse()
+    for key, value, lease in sorted(items):
+        reply.kvs.add(key=key.encode(), value=value.encode(), lease=lease)
+    return reply.kvs
+
+
+def _contents(store):
+    return sorted((labels, fields(record)) for labels, record in store.subtree(store.root)), \
+        dict(store.bad), store.count
+
+
+def test_a_page_loads_as_the_keys_one_by_one_do():
+    """add_page's inline path (the path checked once per parent, the label by its
+    characters) gives the same tree, counts and skipped keys as ``add`` of each key."""
+    rng = random.Random(7)
+    labels = ["a", "web", "3f2a", "_tcp", "_http", "*", "x" * 63, "x" * 64, "Up", "a b",
+              "caf\u00e9", "", "host-1", "10-0-0-1"]
+    values = [encode_record("10.0.0.1", owner="kube2sky"), encode_record("w.ns.svc.x.", 80),
+              '{"host":"10.0.0.01"}', '{"text":"hi"}', '{"host":"fd00::1"}']
+    items = {}
+    for _ in range(3000):
+        key = "/skydns/" + "/".join(rng.choice(labels) for _ in range(rng.randrange(1, 6)))
+        items[key] = (rng.choice(values), rng.choice([0, 0, 0, 0, 9]))
+    items["/skydns/config"] = ('{"ttl":7}', 0)
+    items["/skydns/local/" + "/".join(["abcdefgh"] * 30)] = (values[0], 0)
+    page = _page([(key, value, lease) for key, (value, lease) in items.items()])
+    one_by_one = RecordStore().loader()
+    for kv in page:
+        one_by_one.add(kv.key.decode(), kv.value, kv.lease)
+    for cut in (len(page), 1, 97):  # one page, a page a key, pages cutting through a parent
+        paged = RecordStore().loader()
+        for at in range(0, len(page), cut):
+            paged.add_page(page[at:at + cut])
+        assert _contents(paged.tree) == _contents(one_by_one.tree)
+        assert paged.keys == one_by_one.keys == len(items)
+        assert paged.config_value == one_by_one.config_value == b'{"ttl":7}'
+
+
+def test_a_load_shares_equal_leaf_labels_and_equal_values():
+    """A headless endpoint's label names its address and its SRV records: one str for all
+    (and one for a hostname that recurs in other services); equal values below one node
+    (a hostname-less endpoint's hashed and dashed names), one bytes object."""
+    base = "/skydns/local/cluster/svc/ns"
+    value = encode_record("10.0.0.1", owner="kube2sky")
+    srv = encode_record("host-1.web.ns.svc.cluster.local.", 80, owner="kube2sky")
+    loader = RecordStore().loader()
+    loader.add_page(_page([(f"{base}/web/host-1", value, 0),
+                           (f"{base}/web/3f2a9c01", value, 0),
+                           (f"{base}/web/10-0-0-1", value, 0),
+                           (f"{base}/web/_tcp/_http/host-1", srv, 0),
+                           (f"{base}/db/host-1", value, 0)]))
+    root = loader.tree.root.children["local"].children["cluster"].children["svc"].children["ns"]
+    web, db = root.children["web"], root.children["db"]
+    srv_parent = web.children["_tcp"].children["_http"]
+
+    def label(node, text):
+        return next(key for key in node.children if key == text)
+    assert label(web, "host-1") is label(srv_parent, "host-1") is label(db, "host-1")
+    assert web.children["3f2a9c01"] is web.children["10-0-0-1"]
+
+
 # -- the streaming load against a real etcd ---------------------------------------------
 
 class CallNow:
