@@ -29,10 +29,12 @@ import time
 
 from skydns.etcdsync import Backoff, CollectorPause, return_freed_memory
 
+from .etcdwriter import SENT
 from .records import fingerprint
 
 log = logging.getLogger("kube2sky")
 
+PAGES_QUEUED = 4       # list pages waiting for the controller before a reflector waits too
 PENDING_LIMIT = 20000  # keys waiting for etcd before the next list page is applied
 PENDING_WAIT = 30.0    # seconds a page waits at most for them (then it goes on anyway)
 COLLECTOR_PAUSE = 120.0  # seconds the cyclic collector may stay off for the first lists
@@ -49,7 +51,7 @@ class Controller(threading.Thread):
         self.writer = writer
         self.kinds = set(kinds)
         self.stop_event = stop_event
-        self.queue = queue.Queue()
+        self.queue = Inbox(PAGES_QUEUED)
         self.listed = set()
         self.reconcile_needed = False
         self.synced = False          # the first full sync reached etcd
@@ -92,13 +94,17 @@ class Controller(threading.Thread):
 
     @staticmethod
     def _note(snapshot, changes):
+        """Apply what was sent to the snapshot. A value sent is noted as SENT, not by its
+        fingerprint: while the snapshot stands every later change of a desired value is
+        sent too, so a key noted SENT holds its desired value (and a sync into an empty
+        etcd does not make 490,000 fingerprints whose heap stayed resident after it)."""
         ours, actual, _ = snapshot
         for key, value in changes.items():
             if value is None:
                 actual.pop(key, None)
                 ours.discard(key)
             else:
-                actual[key] = fingerprint(value)
+                actual[key] = SENT
                 ours.add(key)
 
     def _send(self, changes):
@@ -235,6 +241,29 @@ class Controller(threading.Thread):
         self.reconcile_needed = False
         log.info("reconciled etcd with %d desired keys in %.2fs: %d to write or delete",
                  len(self.state.index), time.monotonic() - started, count)
+
+
+class Inbox(queue.Queue):
+    """The controller's queue. A list page waits for room (at most ``pages`` of them in
+    it): reflectors decode pages faster than the records are computed, and without the
+    bound a big cluster's 35,000 objects were all in the queue at once, decoded (the
+    sync's peak, and the heap it left half empty stayed resident). Everything else goes
+    in at once: events, the snapshot, and the election's calls, which must never block."""
+
+    def __init__(self, pages: int):
+        super().__init__()
+        self.page_room = threading.Semaphore(pages)
+
+    def put(self, item, block=True, timeout=None):
+        if item[0] == "page":
+            self.page_room.acquire()
+        super().put(item, block, timeout)
+
+    def get(self, block=True, timeout=None):
+        item = super().get(block, timeout)
+        if item[0] == "page":
+            self.page_room.release()
+        return item
 
 
 class ChangeLog:

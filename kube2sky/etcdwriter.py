@@ -38,6 +38,9 @@ MARKER_PREFIX = "/kube2sky/keys"  # ownership markers of older versions (convert
 MAX_TXN_OPS = 128          # etcd's default --max-txn-ops
 KEYS_PER_TXN = MAX_TXN_OPS
 WRITERS = 4                # transactions in flight at once
+# In a snapshot's fingerprints (``read_state``): this value was sent since, and it is the
+# desired one (kube2sky.controller keeps the snapshot so); a reconcile leaves it alone.
+SENT = "sent"
 
 
 class EtcdWriter:
@@ -173,11 +176,11 @@ class EtcdWriter:
         Desired) is compared by fingerprints, and only the values that differ are read."""
         ours, actual, marked = self.read_state() if state is None else state
         if hasattr(desired, "differing"):
-            changes = {key: desired[key] for key in desired.differing(actual)}
+            changes = {key: desired[key] for key in desired.differing(actual, SENT)}
         else:
             get = actual.get
             changes = {key: value for key, value in desired.items()
-                       if get(key) != fingerprint(value)}
+                       if get(key) not in (fingerprint(value), SENT)}
         changes.update(dict.fromkeys(ours - desired.keys()))  # a set operation, in C
         if marked:
             log.info("converting %d keys from ownership markers to the owner field",

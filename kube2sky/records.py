@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import json
 import re
+import sys
 
 from skydns.record import (Fnv1a32Tail, dashed_ip, encode_record, encode_text, fnv1a32,
                            fnv1a32_label, name_to_key)
@@ -77,8 +78,16 @@ def fingerprint_of_bytes(value: bytes) -> int:
 
 
 def meta(obj):
+    """(namespace, name), interned: they key the objects and owners kube2sky keeps, and a
+    name decoded afresh with every version of an object (and of its slices) would stay
+    behind in each place it was used (a few MiB of copies at cluster scale)."""
     metadata = obj.get("metadata") or {}
-    return metadata.get("namespace") or "", metadata.get("name") or ""
+    return interned(metadata.get("namespace") or ""), interned(metadata.get("name") or "")
+
+
+def interned(text):
+    """``text`` interned if it is a str (an odd object's name may be anything)."""
+    return sys.intern(text) if text.__class__ is str else text
 
 
 # An IPv4 address as the API writes it (no leading zeros): kept as its text, which is

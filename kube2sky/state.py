@@ -11,8 +11,9 @@ function of the objects held, so whenever a value is needed again it is computed
 (``records_of``). That holds because every change of an object goes through the owner's
 ``_set_owner`` with the records computed from the objects as they are now.
 
-Objects are held as they are given: the reflector hands them slim (``kube2sky.slim``), and
-slimming them again here cost a sixth of a restart's list work.
+Objects are held as they are given, packed as their JSON text (``slim.Packed``): the
+reflector hands them slim (``kube2sky.slim``), and slimming them again here cost a sixth
+of a restart's list work.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import logging
 from array import array
 from collections.abc import Mapping
 
-from .records import (Layout, fingerprint, from_endpoints, from_slices, meta, pod_records,
-                      service_records)
+from .records import (Layout, fingerprint, from_endpoints, from_slices, interned, meta,
+                      pod_records, service_records)
+from .slim import Packed
 
 log = logging.getLogger("kube2sky.state")
 
@@ -92,12 +94,13 @@ class Desired(Mapping):
             if entry.__class__ is dict:
                 yield key, entry[min(entry)]
 
-    def differing(self, actual: Mapping) -> list:
+    def differing(self, actual: Mapping, in_sync=None) -> list:
         """The desired keys whose value's fingerprint is not the one ``actual`` (key ->
-        fingerprint) holds, found without computing a value: each owner's fingerprints
-        compared owner by owner in one comprehension each (a generator's step per key was
-        most of a restart's reconcile, at 490,000 keys). A key several owners want is
-        compared with its winning value, whatever its owner's fingerprint says."""
+        fingerprint, or ``in_sync``: the desired value) holds, found without computing a
+        value: each owner's fingerprints compared owner by owner in one comprehension each
+        (a generator's step per key was most of a restart's reconcile, at 490,000 keys).
+        A key several owners want is compared with its winning value, whatever its
+        owner's fingerprint says."""
         index, get = self.state.index, actual.get
         out = []
         for owned in self.state.owned.values():
@@ -106,7 +109,7 @@ class Desired(Mapping):
         out = [key for key in out if index[key].__class__ is not dict]
         out += [key for key, entry in index.items() if entry.__class__ is dict
                 and get(key) != fingerprint(entry[min(entry)])]
-        return out
+        return out if in_sync is None else [key for key in out if get(key) is not in_sync]
 
 
 class DesiredState:
@@ -114,11 +117,11 @@ class DesiredState:
         self.layout = layout
         self.pods_enabled = pods
         self.use_slices = use_slices
-        self.services = {}      # (ns, name) -> Service
-        self.endpoints = {}     # (ns, name) -> Endpoints
-        self.slices = {}        # (ns, service name) -> {slice name: EndpointSlice}
-        self.slice_owner = {}   # (ns, slice name) -> service name it was filed under
-        self.pods = {}          # (ns, name) -> Pod
+        self.services = Packed()   # (ns, name) -> Service
+        self.endpoints = Packed()  # (ns, name) -> Endpoints
+        self.slices = {}           # (ns, service name) -> Packed {slice name: EndpointSlice}
+        self.slice_owner = {}      # (ns, slice name) -> service name it was filed under
+        self.pods = Packed()       # (ns, name) -> Pod
         self.owned = {}         # owner -> OwnedKeys: its keys and fingerprints, no values
         self.index = {}         # key -> its only owner, or {owner: value} (see _set_owner)
         self.problems = {}      # owner -> last problems logged (log each once)
@@ -226,10 +229,10 @@ class DesiredState:
         fqdn_slices = []
         try:  # an odd object (its own or an endpoint's) must never stop the sync
             if self.use_slices:
-                slices = self.slices.get((ns, name))
+                slices = dict(self.slices.get((ns, name)) or {})  # decoded once
                 groups = from_slices(slices.values()) if slices else None
                 fqdn_slices = [f"endpointslice {ns}/{slice_name}: addressType FQDN is not "
-                               "served" for slice_name, obj in sorted((slices or {}).items())
+                               "served" for slice_name, obj in sorted(slices.items())
                                if obj.get("addressType") == "FQDN"]
             else:
                 endpoints = self.endpoints.get((ns, name))
@@ -272,7 +275,7 @@ class DesiredState:
     def _slice_service(obj):
         ns, slice_name = meta(obj)
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        return ns, labels.get(SERVICE_LABEL), slice_name
+        return ns, interned(labels.get(SERVICE_LABEL)), slice_name
 
     def set_slice(self, obj):
         ns, service, slice_name = self._slice_service(obj)
@@ -285,7 +288,10 @@ class DesiredState:
             changes.update(self.delete_slice(old))
         if not service:
             return changes
-        self.slices.setdefault((ns, service), {})[slice_name] = obj
+        slices = self.slices.get((ns, service))
+        if slices is None:
+            slices = self.slices[(ns, service)] = Packed()
+        slices[slice_name] = obj
         self.slice_owner[(ns, slice_name)] = service
         if self.use_slices:
             changes.update(self._service_changed(ns, service))
@@ -329,13 +335,18 @@ class DesiredState:
             "endpointslices": (self.set_slice, self.delete_slice),
         }[kind]
 
-    def _current(self, kind) -> dict:
-        """The objects of one kind held now, by (namespace, name)."""
+    def _held(self, kind) -> list:
+        """The (namespace, name) of every object of one kind held now."""
+        return list(self.slice_owner if kind == "endpointslices" else
+                    {"services": self.services, "endpoints": self.endpoints,
+                     "pods": self.pods}[kind])
+
+    def _object(self, kind, key) -> dict:
+        """The object of one kind held at ``key`` (namespace, name)."""
         if kind == "endpointslices":
-            return {(ns, name): self.slices[(ns, service)][name]
-                    for (ns, name), service in self.slice_owner.items()}
+            return self.slices[(key[0], self.slice_owner[key])][key[1]]
         return {"services": self.services, "endpoints": self.endpoints,
-                "pods": self.pods}[kind]
+                "pods": self.pods}[kind][key]
 
     def replace(self, kind, objects) -> dict:
         """A fresh list of one kind: apply deletions and changes, return the difference."""
@@ -355,9 +366,9 @@ class DesiredState:
         """The list is complete: delete the objects held that it did not name."""
         _, deleter = self._handlers(kind)
         changes = {}
-        for key, obj in list(self._current(kind).items()):
+        for key in self._held(kind):
             if key not in listed:
-                changes.update(deleter(obj))
+                changes.update(deleter(self._object(kind, key)))
         return changes
 
     def handle(self, kind, event_type, obj) -> dict:

@@ -155,22 +155,28 @@ def test_etcd_values_are_fingerprinted_undecoded_as_their_text_would_be(etcd, cl
 
 def test_a_change_sent_before_the_start_up_snapshot_arrives_is_applied_to_it(etcd):
     """The snapshot read may miss a write sent while it was read; a later deletion of that
-    key must still be sent (it was left out as "not in etcd" before)."""
+    key must still be sent (it was left out as "not in etcd" before). Values sent are
+    noted SENT (the desired value, no fingerprint made); a value etcd holds already, by
+    the fingerprint read, is not sent."""
     from kube2sky.controller import Controller
+    from kube2sky.etcdwriter import SENT
     from kube2sky.records import Layout
     from kube2sky.state import DesiredState
     writer = writer_for(etcd)  # threads not started: submissions stay pending
     controller = Controller(DesiredState(Layout()), writer, ["services"], threading.Event())
     controller._send({"/skydns/x/early": ours(1), "/skydns/x/held": ours(2)})
-    controller._apply(("snapshot", ({"/skydns/x/held"}, {"/skydns/x/held": ours(2)}, set())))
+    read = ({"/skydns/x/held", "/skydns/x/kept"},
+            {"/skydns/x/held": fingerprint(ours(2)), "/skydns/x/kept": fingerprint(ours(4))},
+            set())
+    controller._apply(("snapshot", read))
     writer._pending.clear()
-    controller._send({"/skydns/x/early": None, "/skydns/x/held": ours(2),
+    controller._send({"/skydns/x/early": None, "/skydns/x/kept": ours(4),
                       "/skydns/x/new": ours(3)})
     assert dict(writer._pending) == {"/skydns/x/early": None, "/skydns/x/new": ours(3)}
     ours_now, actual, _ = controller._snapshot
-    assert actual == {"/skydns/x/held": fingerprint(ours(2)),
-                      "/skydns/x/new": fingerprint(ours(3))}
-    assert ours_now == {"/skydns/x/held", "/skydns/x/new"}
+    assert actual == {"/skydns/x/held": SENT, "/skydns/x/kept": fingerprint(ours(4)),
+                      "/skydns/x/new": SENT}
+    assert ours_now == {"/skydns/x/held", "/skydns/x/kept", "/skydns/x/new"}
 
 
 def test_reconcile_with_a_snapshot_in_sync_computes_no_value():
@@ -208,6 +214,26 @@ def test_reconcile_with_a_snapshot_in_sync_computes_no_value():
     assert dict(writer._pending) == {changed: desired[changed],
                                      "/skydns/local/cluster/svc/ns/gone": None}
     assert computed == [("svc", "ns", "s7")]
+
+
+def test_reconcile_leaves_values_noted_sent_and_deletes_what_is_no_longer_desired():
+    """After a sync into an empty etcd the snapshot holds SENT for every key written: the
+    reconcile writes none of them again, computes no value, and deletes a key sent once
+    that no owner wants any more."""
+    from kube2sky.etcdwriter import SENT
+    from kube2sky.records import Layout
+    from kube2sky.state import DesiredState
+    state = DesiredState(Layout(), use_slices=False)
+    for i in range(5):
+        state.set_service({"metadata": {"namespace": "ns", "name": f"s{i}"},
+                           "spec": {"clusterIP": f"10.0.0.{i + 1}",
+                                    "ports": [{"name": "http", "port": 80}]}})
+    desired = dict(state.desired().items())
+    gone = "/skydns/local/cluster/svc/ns/s9/0a0a0a0a"
+    writer = EtcdWriter(SimpleNamespace(), ["/skydns/"])  # never started
+    snapshot = (set(desired) | {gone}, dict.fromkeys([*desired, gone], SENT), set())
+    assert writer.reconcile(state.desired(), snapshot) == 1
+    assert dict(writer._pending) == {gone: None}
 
 
 def test_wait_below_holds_a_list_back_only_while_etcd_drains(etcd, clean):

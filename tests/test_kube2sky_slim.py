@@ -13,7 +13,7 @@ import logging
 import pytest
 
 from kube2sky.records import HOSTNAMES_ANNOTATION, Layout
-from kube2sky.slim import NOT_READY, KindDecoder, slim, slim_pod
+from kube2sky.slim import NOT_READY, KindDecoder, Packed, slim, slim_pod
 from kube2sky.state import DesiredState
 
 MANAGED = [{"manager": "kube-controller-manager", "operation": "Update",
@@ -180,6 +180,24 @@ def test_slim_of_slim_changes_nothing(kind, objects, slimmer):
     for obj in objects:
         once = slimmer(obj)
         assert slimmer(copy.deepcopy(once)) == once
+
+
+@pytest.mark.parametrize("kind,objects,slimmer", TABLE, ids=[t[0] for t in TABLE])
+def test_packed_objects_read_back_as_kept_each_a_fresh_copy(kind, objects, slimmer):
+    """What the state keeps (slim objects, and odd ones as sent) comes back equal from
+    its JSON text, and a reader changing its copy changes nothing kept."""
+    packed = Packed()
+    kept = {(i, "x"): slimmer(obj) for i, obj in enumerate(objects)}
+    kept[(-1, "odd")] = {"metadata": {"name": "caf\u00e9"}, "spec": {"f": 1.5, "n": None,
+                                                                 "l": [True, -7, 2 ** 60]}}
+    packed.update(kept)
+    assert len(packed) == len(kept) and list(packed) == list(kept)
+    assert dict(packed.items()) == kept and (-1, "odd") in packed
+    packed[(-1, "odd")]["spec"]["f"] = 9
+    assert packed[(-1, "odd")] == kept[(-1, "odd")]
+    assert json.loads(packed.text((-1, "odd"))) == kept[(-1, "odd")]
+    del packed[(-1, "odd")]
+    assert (-1, "odd") not in packed and len(packed) == len(kept) - 1
 
 
 def test_usual_pages_do_not_fall_back_to_json(caplog):
