@@ -13,6 +13,9 @@ date with everything sent since) instead of reading etcd a second time. A restar
 an etcd in sync so costs the longer of the lists and the read, not their sum, and writes
 nothing; on an empty etcd the writes overlap the lists.
 
+List pages wait for room in the queue (``Inbox``): the records of a page take longer to
+compute than its decode, and the reflectors would otherwise hold the whole cluster there.
+
 The cyclic garbage collector is off until every resource has been listed
 (``etcdsync.CollectorPause``: a restart's lists spent 4 s in 1,300-1,600 collections),
 then the state is frozen out of later collections and the collector runs again, for the

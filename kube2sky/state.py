@@ -335,18 +335,19 @@ class DesiredState:
             "endpointslices": (self.set_slice, self.delete_slice),
         }[kind]
 
+    def _kept(self, kind) -> Packed:
+        """The objects of one kind (not slices: those are kept per service)."""
+        return {"services": self.services, "endpoints": self.endpoints, "pods": self.pods}[kind]
+
     def _held(self, kind) -> list:
         """The (namespace, name) of every object of one kind held now."""
-        return list(self.slice_owner if kind == "endpointslices" else
-                    {"services": self.services, "endpoints": self.endpoints,
-                     "pods": self.pods}[kind])
+        return list(self.slice_owner if kind == "endpointslices" else self._kept(kind))
 
     def _object(self, kind, key) -> dict:
         """The object of one kind held at ``key`` (namespace, name)."""
         if kind == "endpointslices":
             return self.slices[(key[0], self.slice_owner[key])][key[1]]
-        return {"services": self.services, "endpoints": self.endpoints,
-                "pods": self.pods}[kind][key]
+        return self._kept(kind)[key]
 
     def replace(self, kind, objects) -> dict:
         """A fresh list of one kind: apply deletions and changes, return the difference."""

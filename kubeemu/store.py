@@ -181,6 +181,7 @@ class Store:
             return out, rv, token, remaining
 
     def _page(self, resource, namespace, match, limit, continue_token):
+        """(the page's (key, stored object) pairs, resourceVersion, continue, remaining)."""
         res = self._res(resource)
         match = match or _match_all
         list_rv, start = self._rv, None
