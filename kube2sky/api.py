@@ -49,7 +49,6 @@ def collection(api_client, kind: str):
     def call(_request_timeout=None, _preload_content=False, **params):
         query = [(QUERY[name], value) for name, value in params.items() if value is not None]
         return get(api_client, path, query, _request_timeout)
-    call.__name__ = f"list_{kind}"
     return call
 
 

@@ -15,7 +15,7 @@ from skydns.config import parse_bool, parse_duration
 from skydns.etcdsync import bound_malloc_arenas
 from skydns.record import OWNER_FIELD
 
-from . import api
+from .api import collection, slices_served
 from .controller import Controller
 from .election import KEY_PREFIX, LeaderElection, default_identity
 from .etcdwriter import EtcdWriter
@@ -124,7 +124,7 @@ def wait_for_discovery(api_client, stop_event) -> bool | None:
     backoff, last = Backoff(0.5, 15.0), None
     while not stop_event.is_set():
         try:
-            return api.slices_served(api_client)
+            return slices_served(api_client)
         except Exception as exc:
             reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
             if reason != last:
@@ -190,7 +190,7 @@ class App:
         kinds = ["services", "endpointslices" if use_slices else "endpoints"]
         if args.pod_records:
             kinds.append("pods")
-        sources = {kind: api.collection(self.api, kind) for kind in kinds}
+        sources = {kind: collection(self.api, kind) for kind in kinds}
         leading = self.election.write_fence if self.election else None
         self.controller = Controller(self.state, self.writer, sources, self.stop_event,
                                      leading=leading)

@@ -368,7 +368,7 @@ class Loader:
         parent_key, parent, values = self._parent_key, self._parent, self._values
         labels = self._labels
         checked_path, path_ok = None, False
-        keys = added = 0
+        keys = 0
         for kv in kvs:
             key = kv.key
             path, _, label = key.rpartition(b"/")
@@ -393,17 +393,6 @@ class Loader:
             label = labels.setdefault(label, label)
             if len(labels) > LABELS_SHARED:
                 labels.clear()
-            children = parent.children
-            entry = children.get(label)
-            if entry is None:
-                if children is NO_CHILDREN:
-                    children = parent.children = {}
-                children[label] = compact
-                added += 1
-            elif entry.__class__ is Node:
-                tree.set_leaf(parent, label, compact)
-            else:
-                children[label] = compact
-        tree.count += added
+            tree.set_leaf(parent, label, compact)
         self.keys += keys
         self._parent_key, self._parent, self._values = parent_key, parent, values

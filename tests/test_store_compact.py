@@ -182,6 +182,24 @@ def test_kube2sky_values_of_any_fields_read_back_the_same():
     assert accepted > 300
 
 
+def test_a_known_value_ending_leaves_the_host_to_the_full_check():
+    """Once a kube2sky value's ending is remembered, the next value with it has only its
+    host checked: that check must accept exactly the hosts the whole regex accepts."""
+    from skydns import record
+    hosts = ["10.0.0.1", "010.0.0.1", "10.0.0", "10.0.0.256", "1.2.3.4.", "1.2.3.4a", "web",
+             "web.", "a..b", "-a.b", ".a", "9", "9.9", "x" * 63, "x" * 64, "a" + ".a" * 126,
+             "a" + ".a" * 126 + ".", "a" + ".a" * 127, "a*b", "fd00::1", "", "caf\u00e9",
+             'a\\"b', "a b"]
+    for port in (0, 80):
+        record.plain_value(encode_record("10.9.9.9", port=port, owner="kube2sky").encode())
+        for host in hosts:
+            data = encode_record(host, port=port, owner="kube2sky").encode()
+            whole = record._KUBE2SKY_VALUE.fullmatch(data)
+            expected = (None if whole is None else
+                        b" ".join(g or b"0" for g in whole.groups()))
+            assert record.plain_value(data) == expected, host
+
+
 # -- in the store ------------------------------------------------------------------------
 
 def test_the_store_keeps_plain_bytes_and_parses_the_rest():
