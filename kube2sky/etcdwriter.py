@@ -59,7 +59,12 @@ class EtcdWriter:
         self._client_lock = threading.Lock()
         self._pending = collections.OrderedDict()  # key -> value, or None to delete
         self._in_flight = {}                       # key -> value being written now
-        self._cond = threading.Condition()
+        # Both on one lock: ``_cond`` wakes one writer per batch to take (waking all four
+        # for every watch event's change was a tenth of kube2sky's CPU under churn), and
+        # ``_drained`` wakes whoever waits for the queue to shrink (``wait_below``).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
         self._stop = False
         self.healthy = True
         self.last_error = ""
@@ -74,9 +79,10 @@ class EtcdWriter:
             thread.start()
 
     def stop(self):
-        with self._cond:
+        with self._lock:
             self._stop = True
             self._cond.notify_all()
+            self._drained.notify_all()
         for thread in self.threads:
             thread.join(timeout=5)
 
@@ -106,9 +112,9 @@ class EtcdWriter:
         if self.election is not None and not self.election.write_fence():
             self.discarded += len(changes)  # a standby: the leader writes them
             return
-        with self._cond:
+        with self._lock:
             self._pending.update(changes)
-            self._cond.notify_all()
+            self._cond.notify()  # the writer that takes them wakes the next (``_take``)
 
     def discard(self) -> int:
         """Drop every pending change (leadership is lost: the next leader reconciles);
@@ -118,7 +124,7 @@ class EtcdWriter:
             count = len(self._pending)
             self._pending = collections.OrderedDict()
             self.discarded += count
-            self._cond.notify_all()
+            self._drained.notify_all()
         return count
 
     def pending(self) -> int:
@@ -136,7 +142,7 @@ class EtcdWriter:
                 left = deadline - time.monotonic()
                 if self._stop or not self.healthy or left <= 0:
                     return False
-                self._cond.wait(timeout=min(left, 0.5))
+                self._drained.wait(timeout=min(left, 0.5))
             return True
 
     def read_state(self):
@@ -213,6 +219,8 @@ class EtcdWriter:
                     self._pending = collections.OrderedDict()
                 if batch:
                     in_flight.update(batch)
+                    if pending:
+                        self._cond.notify()  # more to take: the next writer
                     return batch
                 self._cond.wait(timeout=1.0)
 
@@ -227,7 +235,9 @@ class EtcdWriter:
                     if key not in self._pending:
                         self._pending[key] = value
                         self._pending.move_to_end(key, last=False)
-            self._cond.notify_all()
+            if self._pending:
+                self._cond.notify()  # keys that waited for this batch, or a retry
+            self._drained.notify_all()
 
     def _run(self):
         backoff = Backoff(0.1, 1.0)  # retries are one small transaction per writer

@@ -58,23 +58,22 @@ class Layout:
         return {f"{self.base}/dns-version": encode_text(SCHEMA_VERSION, owner=OWNER)}
 
 
-def fingerprint(value: str) -> int:
-    """What kube2sky keeps of a value it need not keep (its desired values, and etcd's in
-    the start-up snapshot): Python's own 64-bit SipHash of the text, computed in C and
-    cached by the string, keyed afresh in every process (it is never stored or sent). A
-    value and its fingerprint are only compared key by key, so with 490,000 keys (the
-    cluster_scale bench's cluster) the odds that a changed value goes unnoticed are
-    about 2^-45 a reconcile."""
-    return hash(value)
+# fingerprint(value: str) -> int: what kube2sky keeps of a value it need not keep (its
+# desired values, and etcd's in the start-up snapshot): Python's own 64-bit SipHash of the
+# text, computed in C and cached by the string, keyed afresh in every process (it is never
+# stored or sent). The builtin itself, not a function around it: a change of a big
+# service fingerprints every record of it again. A value and its fingerprint are only
+# compared key by key, so with 490,000 keys (the cluster_scale bench's cluster) the odds
+# that a changed value goes unnoticed are about 2^-45 a reconcile.
+fingerprint = hash
 
-
-def fingerprint_of_bytes(value: bytes) -> int:
-    """``fingerprint`` of the text that ``value`` encodes, when that text is ASCII (every
-    value kube2sky writes is: its JSON escapes the rest): CPython hashes an ASCII str and
-    its bytes with the same function over the same bytes, so a restart reads etcd's
-    490,000 values without decoding them. A value that is not ASCII may get another
-    fingerprint; it is never one kube2sky wants, so it is rewritten either way."""
-    return hash(value)
+# fingerprint_of_bytes(value: bytes) -> int: ``fingerprint`` of the text that ``value``
+# encodes, when that text is ASCII (every value kube2sky writes is: its JSON escapes the
+# rest): CPython hashes an ASCII str and its bytes with the same function over the same
+# bytes, so a restart reads etcd's 490,000 values without decoding them. A value that is
+# not ASCII may get another fingerprint; it is never one kube2sky wants, so it is
+# rewritten either way.
+fingerprint_of_bytes = hash
 
 
 def meta(obj):
@@ -96,8 +95,12 @@ def interned(text):
 _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
                    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
 # An endpoint change recomputes every address of its service: the addresses seen last are
-# remembered hashed (FNV-1a in Python is ~10 us a value), a few MB at most.
+# remembered hashed, a few MB at most; and the FNV state after an address's text up to
+# its last separator (``10.64.3.``: a few hundred subnets in a cluster) is remembered, so
+# one not seen lately hashes its last few bytes only (FNV-1a in Python is ~0.2 us a byte,
+# and a cluster of 100,000 addresses misses the first cache on every change).
 RECENT_ADDRESSES = 8192
+RECENT_PREFIXES = 4096
 _IN_ADDR = name_to_key("in-addr.arpa.")
 
 
@@ -121,8 +124,15 @@ def address_leaf(layout, ip):
 @functools.lru_cache(maxsize=RECENT_ADDRESSES)
 def _address_leaf(host, ttl):
     head, head_state, tail_hash, owned_tail = _address_template(ttl)
-    label = format(tail_hash.extend(fnv1a32(host.encode(), head_state)), "x")
-    return label, head + host + owned_tail
+    cut = max(host.rfind("."), host.rfind(":")) + 1
+    state = fnv1a32(host[cut:].encode(), _prefix_state(head_state, host[:cut]))
+    return format(tail_hash.extend(state), "x"), head + host + owned_tail
+
+
+@functools.lru_cache(maxsize=RECENT_PREFIXES)
+def _prefix_state(state: int, prefix: str) -> int:
+    """FNV-1a of ``prefix`` (ASCII: an address's text) continued from ``state``."""
+    return fnv1a32(prefix.encode(), state)
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,11 +170,20 @@ class TargetValues:
         self.tails = {}  # port -> the text after the label
 
     def value(self, label: str, port: int = 0) -> str:
+        return self.head(label) + self.tail(port)
+
+    @staticmethod
+    def head(label: str) -> str:
+        """The text before the fqdn: the same for an endpoint's PTR and SRV values."""
+        return _HOST_HEAD + label
+
+    def tail(self, port: int = 0) -> str:
+        """The text after the label, for ``port`` (0: none, as in a PTR)."""
         tail = self.tails.get(port)
         if tail is None:
             tail = self.tails[port] = _around_host(self.layout.value("X" + self.suffix,
                                                                      port=port))[1]
-        return _HOST_HEAD + label + tail
+        return tail
 
 
 def reverse_key(ip) -> str:
@@ -243,8 +262,10 @@ def headless_records(layout, namespace, name, service, groups):
     records, problems = {}, []
     dashed = {}  # the dashed-IP leaves, added once every hostname has its leaf
     # Sorted so that duplicate hostnames resolve the same way every time.
+    ptr_tail = targets.tail()
     for addresses, ports in groups:
-        srv = [(f"{key}/_{(protocol or 'TCP').lower()}/_{port_name.lower()}/", number)
+        srv = [(f"{key}/_{(protocol or 'TCP').lower()}/_{port_name.lower()}/",
+                targets.tail(number))
                for port_name, number, protocol in ports
                if port_name and isinstance(port_name, str) and isinstance(number, int)]
         for endpoint in sorted(addresses, key=lambda e: (e.hostname, e.ip)):
@@ -270,9 +291,10 @@ def headless_records(layout, namespace, name, service, groups):
                 # where a query for the hostname still finds it.
                 leaf = f"{leaf}/{hashed}"
             records.setdefault(leaf, value)
-            records.setdefault(reverse_key(ip), targets.value(label))
-            for srv_key, number in srv:
-                records.setdefault(srv_key + label, targets.value(label, number))
+            head = targets.head(label)
+            records.setdefault(reverse_key(ip), head + ptr_tail)
+            for srv_key, srv_tail in srv:
+                records.setdefault(srv_key + label, head + srv_tail)
     for leaf, value in dashed.items():
         # A dashed label never equals a hash label (those have no "-") nor an SRV label;
         # it may equal a hostname (a valid DNS label), and the hostname's leaf wins.

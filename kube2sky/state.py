@@ -170,7 +170,13 @@ class DesiredState:
             return {}
         index, changes = self.index, {}
         old_fingerprints = old.by_key() if old else {}
-        for (key, value), print_ in zip(records.items(), new.fingerprints):
+        # Only keys new to the owner or with another value: an endpoint change of a
+        # headless service keeps nearly all of its records, and a key whose value stays
+        # keeps its entry as it is (one comprehension instead of a loop step per key).
+        get = old_fingerprints.get
+        for key in [key for key, print_ in zip(new.keys, new.fingerprints)
+                    if get(key) != print_]:
+            value = records[key]
             entry = index.get(key)
             if entry is None:
                 index[key] = owner
@@ -181,9 +187,8 @@ class DesiredState:
                 now = entry[min(entry)]
                 if now != was:
                     changes[key] = now
-            elif entry == owner:  # ours alone
-                if old_fingerprints[key] != print_:
-                    changes[key] = value
+            elif entry == owner:  # ours alone, and its value changed
+                changes[key] = value
             else:  # another owner's alone until now: shared from here on
                 was = self.records_of(entry)[key]
                 entry = index[key] = {entry: was, owner: value}

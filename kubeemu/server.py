@@ -235,13 +235,14 @@ class Handler(BaseHTTPRequestHandler):
             if res.namespaced and namespace is None:
                 raise ApiError(404, "the server could not find the requested resource "
                                     "(create needs a namespace path)", "NotFound")
-            created = store.create(res, _json(raw, self.headers), namespace, dry_run)
+            created = store.create(res, _json(raw, self.headers), namespace, dry_run,
+                                   handoff=True)
             return self._send(201, created)
         if method == "PUT":
             if name is None:
                 raise ApiError(405, "PUT needs an object name", "MethodNotAllowed")
             return self._send(200, store.update(res, _json(raw, self.headers), namespace, name,
-                                                subresource, dry_run))
+                                                subresource, dry_run, handoff=True))
         if method == "PATCH":
             if name is None:
                 raise ApiError(405, "PATCH needs an object name", "MethodNotAllowed")
@@ -325,7 +326,7 @@ class Handler(BaseHTTPRequestHandler):
                 if remaining <= 0 or self._client_gone():
                     break
                 try:
-                    batch = watch.next(min(remaining, 1.0))
+                    batch = watch.next(min(remaining, 1.0), shared=True)
                 except ApiError as exc:
                     self._chunk({"type": "ERROR", "object": exc.status()})
                     break

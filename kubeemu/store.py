@@ -114,7 +114,8 @@ class Store:
     def _key(res: Resource, namespace: str | None, name: str) -> tuple[str, str]:
         return (namespace or "default") if res.namespaced else "", name
 
-    def _commit(self, res: Resource, etype: str, obj: dict, old: dict | None) -> dict:
+    def _commit(self, res: Resource, etype: str, obj: dict, old: dict | None,
+                handoff: bool = False) -> dict:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         key = self._key(res, obj["metadata"].get("namespace"), obj["metadata"]["name"])
@@ -132,7 +133,7 @@ class Store:
         self._cond.notify_all()
         for listener in self._listeners:
             listener(self, event)
-        return copy_json(obj)
+        return obj if handoff else copy_json(obj)
 
     def _current(self, res: Resource, namespace: str | None, name: str) -> dict:
         obj = self._objects[res.name].get(self._key(res, namespace, name))
@@ -230,9 +231,10 @@ class Store:
     # -- writes --------------------------------------------------------------------------
 
     def create(self, resource: str | Resource, obj: dict, namespace: str | None = None,
-               dry_run: bool = False) -> dict:
+               dry_run: bool = False, handoff: bool = False) -> dict:
+        """Create an object (POST). ``handoff``: see :meth:`update`."""
         res = self._res(resource)
-        obj = prepare_new(res, copy_json(obj), namespace)
+        obj = prepare_new(res, obj if handoff else copy_json(obj), namespace)
         meta = obj["metadata"]
         with self._cond:
             if res.namespaced and self.require_namespace and \
@@ -243,14 +245,19 @@ class Store:
             self.defaulter.on_create(res, obj, commit=not dry_run)
             if dry_run:
                 return copy_json(obj)
-            return self._commit(res, "ADDED", obj, None)
+            return self._commit(res, "ADDED", obj, None, handoff)
 
     def update(self, resource: str | Resource, obj: dict, namespace: str | None = None,
                name: str | None = None, subresource: str | None = None,
-               dry_run: bool = False) -> dict:
-        """Replace an object (PUT).  A stale ``metadata.resourceVersion`` is 409 Conflict."""
+               dry_run: bool = False, handoff: bool = False) -> dict:
+        """Replace an object (PUT).  A stale ``metadata.resourceVersion`` is 409 Conflict.
+
+        ``handoff``: ``obj`` is the caller's to give up (a request body just decoded) and
+        the result is only read, at once (serialized): the object is kept and returned
+        without a copy of either (two of a churned EndpointSlice PUT's three copies). The
+        store never changes an object it keeps: a write replaces it."""
         res = self._res(resource)
-        obj = copy_json(obj)
+        obj = obj if handoff else copy_json(obj)
         meta = obj.get("metadata") if isinstance(obj, dict) else None
         name = name or (meta or {}).get("name")
         if not name:
@@ -271,7 +278,7 @@ class Store:
                 return copy_json(obj)
             if _same_content(old, obj):      # a no-op write does not bump the version
                 return copy_json(old)
-            return self._commit(res, "MODIFIED", obj, old)
+            return self._commit(res, "MODIFIED", obj, old, handoff)
 
     def patch(self, resource: str | Resource, namespace: str | None, name: str, body: Any,
               patch_type: str = "merge", subresource: str | None = None,
@@ -443,9 +450,11 @@ class Watch:
             return ("DELETED", event.object) if (was_matching or now_matches) else None
         return (event.type, event.object) if now_matches else None
 
-    def next(self, timeout: float) -> list[tuple[str, dict]] | None:
+    def next(self, timeout: float, shared: bool = False) -> list[tuple[str, dict]] | None:
         """Events as ``(type, object)``; ``[]`` after ``timeout`` seconds with none;
         ``None`` once the store is closed.  Raises 410 if the watch fell behind the history.
+        ``shared``: the objects the store keeps, not copies, for a caller that only reads
+        them at once (the HTTP handler serializes them; the store never changes them).
         """
         if self._pending:
             pending, self._pending = self._pending, []
@@ -464,7 +473,8 @@ class Watch:
                     self.position = event.rv
                     translated = self._translate(event)
                     if translated:
-                        out.append((translated[0], copy_json(translated[1])))
+                        out.append(translated if shared else
+                                   (translated[0], copy_json(translated[1])))
                 if out:
                     return out
                 remaining = deadline - time.monotonic()

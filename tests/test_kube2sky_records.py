@@ -465,6 +465,22 @@ def test_address_labels_are_the_original_kube2sky_hash(host, ttl):
     assert value == encode_record(host, ttl=ttl, owner="kube2sky")
 
 
+def test_address_labels_hashed_from_a_remembered_prefix_are_the_original_hash():
+    """Addresses that share their text up to the last separator (a subnet) continue one
+    remembered FNV state: the label must still be the hash of the whole value."""
+    from kube2sky.records import address_leaf
+    from skydns.record import encode_record, fnv1a32_label
+    rng = random.Random(9)
+    hosts = [f"10.64.{rng.randrange(4)}.{rng.randrange(256)}" for _ in range(300)]
+    hosts += [f"fd00::{rng.randrange(1 << 16):x}" for _ in range(100)]
+    hosts += [f"2001:db8:{rng.randrange(3)}::{rng.randrange(1 << 16):x}" for _ in range(100)]
+    for ttl in (30, 7):
+        layout = Layout("cluster.local", ttl=ttl)
+        for host in hosts:
+            ip = ipaddress.ip_address(host)
+            assert address_leaf(layout, ip)[0] == fnv1a32_label(encode_record(str(ip), ttl=ttl))
+
+
 @pytest.mark.parametrize("fqdn", ["web.default.svc.cluster.local.", "a.b.svc.example.org.",
                                   'odd"na\\me.ns.svc.cluster.local.', "x.ns.svc.caf\u00e9."])
 @pytest.mark.parametrize("ttl", [0, 30, 3600])
