@@ -1,6 +1,7 @@
 """Applies record changes to etcd: coalesced, in transactions of at most 128 operations,
-several in flight at once, retried with bounded jittered backoff while etcd is away
-(nothing pending is lost).
+several in flight at once (only full ones: less than a full transaction waits for the one
+out, so that changes arriving one by one share transactions), retried with bounded jittered
+backoff while etcd is away (nothing pending is lost).
 
 Ownership: every value kube2sky writes carries ``"owner":"kube2sky"`` as its last JSON field
 (``skydns.record.owned_by``; SkyDNS and CoreDNS ignore fields they do not know). Keys whose
@@ -203,8 +204,15 @@ class EtcdWriter:
             while True:
                 if self._stop:
                     return None
-                batch, busy = {}, []
                 pending, in_flight = self._pending, self._in_flight
+                if in_flight and len(pending) < KEYS_PER_TXN:
+                    # Less than a full transaction waits while one is out: it goes when
+                    # that one is back, with what gathers meanwhile. Under churn, changes
+                    # sent one a transaction each cost a round trip in kube2sky and a raft
+                    # entry in etcd apiece; a sync's full batches still go four at once.
+                    self._cond.wait(timeout=1.0)
+                    continue
+                batch, busy = {}, []
                 while pending and len(batch) < KEYS_PER_TXN:
                     key, value = pending.popitem(last=False)
                     if key in in_flight:

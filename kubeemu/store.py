@@ -63,7 +63,11 @@ class Store:
                  require_namespace: bool = False):
         if history < 1:
             raise ValueError("history must be at least 1")
-        self._cond = threading.Condition(threading.RLock())
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        # The watches of one resource wait on its own condition: a write wakes only them
+        # (waking every watch for every write was a wake-up per other kind per event).
+        self._written = {r: threading.Condition(lock) for r in RESOURCES}
         self._rv = 0
         self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in RESOURCES}
         # What a list serves, kept between lists as the API server's watch cache keeps it:
@@ -99,6 +103,8 @@ class Store:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+            for written in self._written.values():
+                written.notify_all()
 
     @staticmethod
     def _res(resource: str | Resource) -> Resource:
@@ -130,7 +136,7 @@ class Store:
         self._history.append(event)
         while len(self._history) > self.history_size:
             self._compacted = self._history.popleft().rv
-        self._cond.notify_all()
+        self._written[res.name].notify_all()
         for listener in self._listeners:
             listener(self, event)
         return obj if handoff else copy_json(obj)
@@ -480,7 +486,7 @@ class Watch:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                store._cond.wait(remaining)
+                store._written[self.res.name].wait(remaining)
 
     def __iter__(self) -> Iterable[tuple[str, dict]]:
         """Iterate events until the store closes (for in-process use)."""

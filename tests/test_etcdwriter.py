@@ -92,12 +92,31 @@ def test_a_key_in_flight_is_not_taken_again_until_its_transaction_ends(etcd):
     writer.submit({"/a": "1", "/b": "1"})
     first = writer._take()
     assert first == {"/a": "1", "/b": "1"}
-    writer.submit({"/a": "2", "/c": "1"})  # /a changes while its write is in flight
+    more = {f"/m{i}": "1" for i in range(KEYS_PER_TXN)}  # a full one goes out at once
+    writer.submit({"/a": "2", **more})  # /a changes while its write is in flight
     second = writer._take()
-    assert second == {"/c": "1"}  # not /a: two transactions could land out of order
-    assert writer.pending() == 4  # /a (waiting), and /a, /b, /c in flight
+    assert second == more  # not /a: two transactions could land out of order
+    assert writer.pending() == 3 + KEYS_PER_TXN  # /a (waiting), /a, /b and more in flight
     writer._finished(first, ok=True)
+    writer._finished(second, ok=True)
     assert writer._take() == {"/a": "2"}  # the newer value, after the older landed
+
+
+def test_less_than_a_full_transaction_waits_for_the_one_out_and_goes_with_what_gathered(etcd):
+    writer = writer_for(etcd)  # threads not started: the test is the writer thread
+    writer.submit({"/a": "1"})
+    first = writer._take()  # nothing out: a single change goes at once
+    assert first == {"/a": "1"}
+    writer.submit({"/b": "1"})
+    taken = []
+    thread = threading.Thread(target=lambda: taken.append(writer._take()), daemon=True)
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive() and not taken  # /b waits while /a's transaction is out
+    writer.submit({"/c": "1"})
+    writer._finished(first, ok=True)
+    thread.join(5)
+    assert taken == [{"/b": "1", "/c": "1"}]  # one transaction for what gathered
 
 
 def test_a_failed_batch_goes_back_to_the_front_unless_a_newer_value_came(etcd):
@@ -109,6 +128,7 @@ def test_a_failed_batch_goes_back_to_the_front_unless_a_newer_value_came(etcd):
     writer._finished(batch, ok=False)
     retry = writer._take()
     assert list(retry) == [f"/k{i}" for i in range(1, KEYS_PER_TXN + 1)]
+    writer._finished(retry, ok=True)
     rest = writer._take()
     assert rest["/k0"] == "new"  # the failed "old" never overwrote it
     assert writer._pending == {}
