@@ -40,6 +40,12 @@ class AppCollector:
         if controller is not None:
             yield GaugeMetricFamily("kube2sky_desired_keys", "keys the API's objects make",
                                     value=len(controller.state.index))
+            yield GaugeMetricFamily("kube2sky_queue_length", "list pages, watch events and "
+                                    "calls waiting for the sync thread",
+                                    value=controller.queue.qsize())
+            yield CounterMetricFamily("kube2sky_watch_events_coalesced", "watch events that "
+                                      "replaced a waiting event of the same object (the sync "
+                                      "thread was behind)", value=controller.queue.coalesced)
 
 
 def exposition(app) -> str:
