@@ -60,8 +60,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster_scale as cs  # noqa: E402
-from dnsperf_vs_dnsmasq import (LOOPBACK, BenchError, Proc, cpu_seconds,  # noqa: E402
-                                log, start_etcd, stop_all)
+from dnsperf_vs_dnsmasq import (CLK_TCK, LOOPBACK, BenchError, Proc, core_ticks,  # noqa: E402
+                                cpu_seconds, log, start_etcd, stop_all)
 
 import dns.exception  # noqa: E402
 import dns.message  # noqa: E402
@@ -73,6 +73,7 @@ SLICES = "/apis/discovery.k8s.io/v1"
 FRESH_NET, FRESH_SPAN = 32, 32                  # fresh endpoint addresses in 10.32.0.0/11
 REFERENCE_RATE, REFERENCE_SECONDS = 10, 5       # the low-rate propagation reference
 PROBERS = 16                                    # sampled changes polled at once
+ALL_CPUS = set(range(os.cpu_count() or 1))      # the machine's idle time is over all of them
 SAMPLE_EVERY = 1.0                              # seconds between VmRSS samples
 MAX_API_ERRORS = 20
 TARGETS = {"rate": 1000, "seconds": 60, "p99_ms": 50.0, "growth_mib_min": 1.0}
@@ -332,7 +333,7 @@ class Sampler(threading.Thread):
         self.pids["bench client"] = [os.getpid()]
         self.started = time.perf_counter()
         self.cpu0 = {name: cpu_seconds(pids) for name, pids in self.pids.items()}
-        self.idle0 = idle_seconds()
+        self.ticks0 = core_ticks(ALL_CPUS)
         self.samples: list[tuple[float, dict[str, int]]] = [self._sample()]
         self.dead: str | None = None
         self.done = threading.Event()            # the writers are done: stop sampling
@@ -358,14 +359,9 @@ class Sampler(threading.Thread):
         wall = time.perf_counter() - self.started
         shares = {name: (cpu_seconds(pids) - self.cpu0[name]) / wall
                   for name, pids in self.pids.items()}
-        shares["machine idle"] = (idle_seconds() - self.idle0) / wall
+        busy, total = (now - then for now, then in zip(core_ticks(ALL_CPUS), self.ticks0))
+        shares["machine idle"] = (total - busy) / CLK_TCK / wall
         return shares
-
-
-def idle_seconds() -> float:
-    """The machine's idle time summed over its cores (/proc/stat), in seconds."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_phase(targets: list[Target], api_url: str, dns_port: int, rate: float,

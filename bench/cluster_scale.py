@@ -77,6 +77,7 @@ import dns.exception  # noqa: E402
 import dns.message  # noqa: E402
 import dns.rdatatype  # noqa: E402
 import etcd3  # noqa: E402
+from skydns.rcache import resource_records  # noqa: E402
 
 ZONE = "cluster.local."
 RECORDS = "/skydns/"
@@ -432,45 +433,14 @@ def answer_has(wire: bytes, want: str) -> bool:
 
 def a_rdata(wire: bytes) -> list[bytes]:
     """The 4-byte rdata of every A record in a reply's answer section ([] unless the
-    rcode is NOERROR); compressed names are skipped, not followed."""
+    rcode is NOERROR), by skydns's own walk of a message's records
+    (``skydns.rcache.resource_records``)."""
     if len(wire) < 12:
         raise ValueError("shorter than a DNS header")
     if wire[3] & 0x0F:
         return []
-    qdcount, ancount = int.from_bytes(wire[4:6], "big"), int.from_bytes(wire[6:8], "big")
-    at = 12
-    for _ in range(qdcount):
-        at = _skip_name(wire, at) + 4                 # type, class
-    out = []
-    for _ in range(ancount):
-        at = _skip_name(wire, at)
-        if at + 10 > len(wire):
-            raise ValueError("truncated record")
-        rtype, rdlen = int.from_bytes(wire[at:at + 2], "big"), \
-            int.from_bytes(wire[at + 8:at + 10], "big")
-        at += 10
-        if at + rdlen > len(wire):
-            raise ValueError("truncated rdata")
-        if rtype == 1 and rdlen == 4:
-            out.append(wire[at:at + 4])
-        at += rdlen
-    return out
-
-
-def _skip_name(wire: bytes, at: int) -> int:
-    """The offset after the (possibly compressed) name at ``at``."""
-    for _ in range(128):                               # bounded: at most 127 labels
-        if at >= len(wire):
-            raise ValueError("truncated name")
-        length = wire[at]
-        if length == 0:
-            return at + 1
-        if length & 0xC0 == 0xC0:
-            return at + 2
-        if length & 0xC0:
-            raise ValueError("bad label type")
-        at += 1 + length
-    raise ValueError("name too long")
+    return [wire[end - 4:end] for section, rtype, ttl_at, end in resource_records(wire)
+            if section == 1 and rtype == 1 and end - ttl_at == 10]  # TTL, length, 4 bytes
 
 
 def poll_answer(sock: socket.socket, qname: str, want: str, deadline: float,

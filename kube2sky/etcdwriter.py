@@ -227,8 +227,8 @@ class EtcdWriter:
                     self._pending = collections.OrderedDict()
                 if batch:
                     in_flight.update(batch)
-                    if pending:
-                        self._cond.notify()  # more to take: the next writer
+                    if len(pending) >= KEYS_PER_TXN:
+                        self._cond.notify()  # a full one more: the next writer takes it
                     return batch
                 self._cond.wait(timeout=1.0)
 

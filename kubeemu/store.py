@@ -102,7 +102,6 @@ class Store:
         """End every watch (they return ``None``)."""
         with self._cond:
             self.closed = True
-            self._cond.notify_all()
             for written in self._written.values():
                 written.notify_all()
 
