@@ -43,6 +43,8 @@ class Config:
     rcache_ttl: int = 60
     rcache_stale: int = 3600
     rcache_prefetch: int = 3
+    rcache_mb: int = 16
+    answer_cache_mb: int = 32
     max_concurrent: int = 1000
     scache: int = 10000
     ndots: int = 2
@@ -80,7 +82,7 @@ class Config:
         self.nameservers = [_format_hostport(*parse_hostport(ns, 53)) for ns in self.nameservers]
         for name in ("ndots", "ttl", "min_ttl", "priority", "rcache", "rcache_ttl", "scache",
                      "healthz_port", "prometheus_port", "workers", "rcache_stale",
-                     "rcache_prefetch", "max_concurrent"):
+                     "rcache_prefetch", "max_concurrent", "rcache_mb", "answer_cache_mb"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.workers < 1:
@@ -283,6 +285,11 @@ _FLAGS = [
      "seconds past expiry a cached answer is served (TTL 30) when no upstream answers (0: off)"),
     ("rcache-prefetch", "rcache_prefetch", int, None,
      "hits after which an entry is refreshed shortly before it expires (0: off)"),
+    ("rcache-mb", "rcache_mb", int, None,
+     "most MiB the forwarded answers may take; the least recently used go first (0: off)"),
+    ("answer-cache-mb", "answer_cache_mb", int, None,
+     "most MiB the prebuilt answers for the domain's names may take; the oldest go first "
+     "(0: every answer computed afresh)"),
     ("max-concurrent", "max_concurrent", int, None,
      "most queries upstream at once; more get SERVFAIL at once (0: no limit)"),
     ("scache", "scache", int, None, "DNSSEC signature cache size"),
@@ -369,7 +376,8 @@ _ETCD_KEYS = {
     "rcache_ttl": ("rcache_ttl", int), "ndot": ("ndots", int),
     "max_udp_size": ("max_udp_size", int), "rcache_stale": ("rcache_stale", int),
     "rcache_prefetch": ("rcache_prefetch", int), "max_concurrent": ("max_concurrent", int),
-    "zone_ttl": ("zone_ttl", str),
+    "zone_ttl": ("zone_ttl", str), "rcache_mb": ("rcache_mb", int),
+    "answer_cache_mb": ("answer_cache_mb", int),
 }
 
 

@@ -25,6 +25,8 @@ from .wire import WireCache
 
 log = logging.getLogger("skydns")
 
+MIB = 1024 * 1024
+
 
 class App:
     """One skydns process: everything that lives for as long as the reactor runs."""
@@ -35,7 +37,7 @@ class App:
         self.flags_config = flags_config or config
         self.metrics = Metrics()
         self.store = RecordStore(config.path_prefix)
-        self.cache = WireCache()
+        self.cache = WireCache(max_bytes=config.answer_cache_mb * MIB)
         self.forwarder = Forwarder(reactor, config)
         self.authority = Authority(self.store, config)
         self.signer = None
@@ -70,6 +72,12 @@ class App:
                 lambda: 1 if self.sync.healthy else 0)
         m.gauge("skydns_etcd_revision", "Last etcd revision applied", lambda: self.store.revision)
         m.gauge("skydns_wire_cache_entries", "Prebuilt answers", lambda: len(self.cache))
+        m.gauge("skydns_wire_cache_bytes", "Approximate memory of the prebuilt answers "
+                "(at most -answer-cache-mb)", lambda: self.cache.bytes)
+        m.labelled_counter("skydns_cache_evictions", "Cache entries evicted to make room, by "
+                           "cache (wire: prebuilt answers; response: forwarded ones)", "cache",
+                           lambda: {"wire": self.cache.evicted,
+                                    "response": self.resolver.rcache.evicted})
 
     def start(self, reuse_port=False, tcp=True):
         """Bind and serve. Extra workers (``tcp=False``) share only the UDP port; TCP stays
@@ -132,6 +140,7 @@ class App:
         self.resolver.reconfigure(new)
         self.handler.config = new
         self.health.config = new
+        self.cache.max_bytes = new.answer_cache_mb * MIB
         self.cache.clear()
 
 

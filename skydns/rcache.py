@@ -218,10 +218,14 @@ KEY_FIXED = _fixed_size()
 
 
 class ResponseCache:
-    """key (see ``cache_key``) -> Entry, least recently used first."""
+    """key (see ``cache_key``) -> Entry, least recently used first; at most ``size``
+    entries and ``max_bytes`` of them (an upstream's answers may be up to 64 KiB each: by
+    entries alone, 10,000 of those would be 640 MiB)."""
 
-    def __init__(self, size: int, max_ttl: int, stale: int = 0, clock=time.monotonic):
+    def __init__(self, size: int, max_ttl: int, stale: int = 0, clock=time.monotonic,
+                 max_bytes: int = 16 * 1024 * 1024):
         self.size = size
+        self.max_bytes = max_bytes
         self.max_ttl = max_ttl
         self.stale = stale
         self.clock = clock
@@ -258,7 +262,8 @@ class ResponseCache:
         """Cache an upstream reply to the query ``key`` if it may be (see ``lifetime``) and
         answers that very question; ``deps`` are labels whose change must drop it. A caller
         that compared the reply's question already passes where the question ends."""
-        if not self.size or len(reply) < 12 or reply[3] & 0x0F not in (NOERROR, NXDOMAIN):
+        if (not self.size or len(reply) < 12 or reply[3] & 0x0F not in (NOERROR, NXDOMAIN)
+                or len(reply) > self.max_bytes):
             return None
         try:
             scanned = scan(reply)  # parsed once for the lifetime and the TTLs
@@ -293,7 +298,7 @@ class ResponseCache:
             self.udp_index[hot] = entry
         if deps is not None:
             self.by_deps.setdefault(deps, set()).add(key)
-        while len(entries) > self.size:
+        while len(entries) > self.size or self.bytes > self.max_bytes:
             self._forget(*entries.popitem(last=False))  # the least recently used
             self.evicted += 1
         return entry

@@ -113,7 +113,8 @@ class Resolver:
 
     @staticmethod
     def _new_rcache(config):
-        return ResponseCache(config.rcache, config.rcache_ttl, config.rcache_stale)
+        return ResponseCache(config.rcache, config.rcache_ttl, config.rcache_stale,
+                             max_bytes=config.rcache_mb * 1024 * 1024)
 
     def _register_metrics(self, metrics):
         metrics.labelled_counter(

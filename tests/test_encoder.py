@@ -243,7 +243,8 @@ def test_evicted_entries_leave_the_dependency_index():
     for i in range(1000):
         cache_entry(cache, i, False, [("local", "cluster", "x", f"n{i}")])
     assert len(cache.table) == 10
-    assert sum(len(keys) for keys in cache.deps.values()) == 10
+    assert sum(len(keys) if isinstance(keys, set) else 1
+               for keys in cache.deps.values()) == 10
     for i in range(990, 1000):
         cache.invalidate(("local", "cluster", "x", f"n{i}"))
     assert not cache.table and not cache.tcp_table and not cache.deps

@@ -443,6 +443,23 @@ def test_cache_is_bounded_least_recently_used_out_and_accounts_bytes():
     assert len(cache) == 0 and cache.bytes == 0
 
 
+def test_cache_is_bounded_in_bytes_too():
+    """An upstream's replies may be up to 64 KiB: the entries alone are no bound."""
+    cache = ResponseCache(10000, 60, clock=Clock(), max_bytes=8000)
+    keys = []
+    for i in range(40):
+        query = dns.message.make_query(f"w{i}.example.com.", "A")
+        reply = dns.message.make_response(query)
+        reply.answer.append(dns.rrset.from_text_list(
+            f"w{i}.example.com.", 30, "IN", "A", [f"192.0.2.{j + 1}" for j in range(60)]))
+        keys.append(cache_key(query.to_wire(), False))
+        cache.store(keys[-1], reply.to_wire(), 65535)
+        assert cache.bytes == sum(e.cost for e in cache.entries.values()) <= 8000
+    assert 1 < len(cache) < 10 and cache.evicted == 40 - len(cache)
+    assert keys[-1] in cache.entries and keys[0] not in cache.entries
+    assert ResponseCache(10, 60, max_bytes=0).store(keys[0], reply.to_wire(), 512) is None
+
+
 def test_cache_refuses_what_it_must_not_keep():
     cache = ResponseCache(10, 60, clock=Clock())
     query = dns.message.make_query("a.example.com.", "A")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import dns.message
 import dns.rcode
 import pytest
@@ -210,6 +212,65 @@ def test_wire_cache_is_bounded():
         q = query_wire(f"n{i}.x.")
         cache.insert(q, [cached_reply(cache, q)], [("x", f"n{i}")], [0, 0])
     assert len(cache) == 3
+
+
+def wide_reply(query, addresses):
+    request = dns.message.from_wire(query)
+    response = dns.message.make_response(request)
+    response.answer.append(dns.rrset.from_text_list(
+        request.question[0].name, 30, "IN", "A",
+        [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(addresses)]))
+    return response.to_wire()
+
+
+def counted_bytes(cache):
+    """What ``cache.bytes`` must be: each entry held once, whichever tables hold it."""
+    held = {id(e): e for table in (cache.table, cache.tcp_table) for e in table.values()}
+    return sum(entry[7] for entry in held.values())
+
+
+def test_wire_cache_keeps_to_its_byte_budget_through_any_mix_of_operations():
+    """Entries of any width, in one table or both (a UDP cut and a TCP rendering of one
+    name are two entries), replaced, invalidated and evicted: the bytes counted stay
+    exactly those of the entries held, and within the budget."""
+    rng = random.Random(9)
+    cache = WireCache(max_entries=40, max_bytes=60000)
+    names = [f"n{i}.x." for i in range(120)]
+    last = None
+    for step in range(3000):
+        name = rng.choice(names)
+        op = rng.random()
+        if op < 0.1:
+            cache.invalidate(("x", name.split(".")[0]))
+        elif op < 0.12:
+            cache.clear()
+        else:
+            query = query_wire(name)
+            replies = [wide_reply(query, rng.choice((1, 5, 40)))] * rng.randint(1, 16)
+            shared = rng.random() < 0.5
+            cache.insert(query, replies, [("x", name.split(".")[0])], [0, 0],
+                         tcp=rng.random() < 0.5, shared=shared, negative=rng.random() < 0.1)
+            last = query, shared
+        assert cache.bytes == counted_bytes(cache) <= cache.max_bytes, step
+        assert len(cache.table) <= cache.max_entries and len(cache.tcp_table) <= 40
+    assert cache.evicted > 0
+    query, shared = last
+    assert not shared or cache.answer(query) is not None or cache.answer(query, tcp=True)
+
+
+def test_wire_cache_byte_budget_evicts_oldest_first_and_refuses_what_cannot_fit():
+    cache = WireCache(max_bytes=20000)
+    queries = [query_wire(f"w{i}.x.") for i in range(40)]
+    for i, query in enumerate(queries):
+        cache.insert(query, [wide_reply(query, 20)] * 4, [("x", f"w{i}")], [0, 0])
+    assert 0 < cache.bytes <= 20000 and cache.evicted > 0
+    assert cache.answer(queries[-1]) is not None and cache.answer(queries[0]) is None
+    huge = query_wire("huge.x.")
+    cache.insert(huge, [wide_reply(huge, 300)] * 16, [("x", "huge")], [0, 0])
+    assert cache.answer(huge) is None and cache.answer(queries[-1]) is not None
+    off = WireCache(max_bytes=0)  # -answer-cache-mb=0: nothing kept
+    off.insert(queries[0], [wide_reply(queries[0], 1)], [("x", "w0")], [0, 0])
+    assert len(off) == 0 and off.bytes == 0
 
 
 def big_response():
