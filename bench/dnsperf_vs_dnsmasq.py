@@ -238,8 +238,14 @@ def stop_all(procs: list[Proc]) -> None:
 def skydns_command(package_dir: Path) -> list[str]:
     """The skydns command running the skydns package in ``package_dir`` (this repository,
     or e.g. a worktree of an older commit for a before figure): PYTHONPATH puts it ahead of
-    the installed one, and the processes' cwd is a temporary directory."""
-    return [find_tool("env"), f"PYTHONPATH={package_dir}", sys.executable, "-m", "skydns"]
+    the installed one, and the processes' cwd is a temporary directory. Without the
+    SIGTERM lameduck where the build has one: a bench stops skydns many times, and the
+    wait would only add seconds to each stop."""
+    command = [find_tool("env"), f"PYTHONPATH={package_dir}", sys.executable, "-m", "skydns"]
+    config = Path(package_dir) / "skydns" / "config.py"
+    if config.is_file() and '"lameduck"' in config.read_text():
+        command.append("-lameduck=0")
+    return command
 
 
 def wait_until(what: str, check, proc: Proc, timeout: float, interval: float = 0.2):

@@ -67,6 +67,7 @@ class Config:
     prometheus_path: str = "/metrics"
     workers: int = 1
     max_udp_size: int = 1232
+    lameduck: float = 5.0
 
     def __post_init__(self):
         self.normalize()
@@ -91,6 +92,8 @@ class Config:
             raise ConfigError("max-udp-size must be within 512..65535")
         if self.rtimeout <= 0:
             raise ConfigError("rtimeout must be positive")
+        if self.lameduck < 0:
+            raise ConfigError("lameduck must not be negative")
         self.zone_ttls  # parsed (and checked) once per Config
 
     # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
@@ -318,6 +321,10 @@ _FLAGS = [
      "processes sharing the DNS port with SO_REUSEPORT"),
     ("max-udp-size", "max_udp_size", int, "SKYDNS_MAX_UDP_SIZE",
      "largest UDP reply whatever buffer a client claims; larger ones are truncated (TC)"),
+    ("lameduck", "lameduck", parse_duration, "SKYDNS_LAMEDUCK",
+     "on SIGTERM, keep answering DNS this long (Go duration) while /healthz and /readyz "
+     "fail, so the Service drops this replica first; SIGINT or a second signal stops at "
+     "once (0: no lameduck)"),
 ]
 _BOOL_TYPES = (parse_bool,)
 

@@ -144,12 +144,49 @@ class App:
         self.cache.clear()
 
 
+class Shutdown:
+    """How a signal stops skydns. SIGTERM (a rollout, a node drain) starts the lameduck:
+    /healthz and /readyz fail at once, so the endpoints controller takes this replica out
+    of the DNS Service, while DNS goes on answering for ``-lameduck`` seconds, the time
+    kube-proxy needs to stop sending queries here; then skydns stops. Stopping at once
+    dropped the queries still routed to a replica in every rollout (CoreDNS's health
+    lameduck, coredns/deployment#199). SIGINT (Ctrl-C), a second signal, or
+    ``-lameduck=0`` stop at once."""
+
+    def __init__(self, reactor, app):
+        self.reactor = reactor
+        self.app = app
+        self.state = "serving"  # then "lameduck", then "stopping"
+
+    def signal(self, signum):
+        if not self.reactor.running or self.state == "stopping":
+            return
+        seconds = self.app.config.lameduck
+        if signum == signal.SIGTERM and self.state == "serving" and seconds > 0:
+            self.state = "lameduck"
+            self.app.health.lameduck = (f"shutting down: lameduck, DNS answers for "
+                                        f"{seconds:g}s more")
+            log.info("SIGTERM: lameduck for %gs (/healthz and /readyz fail, DNS answers); "
+                     "a second signal stops at once", seconds)
+            self.reactor.callLater(seconds, self.stop)
+            return
+        self.stop()
+
+    def stop(self):
+        if self.state != "stopping" and self.reactor.running:
+            self.state = "stopping"
+            log.info("stopping")
+            self.reactor.stop()
+
+
 def spawn_workers(argv, count):
-    """Extra processes sharing the DNS port with SO_REUSEPORT (no HTTP endpoints)."""
+    """Extra processes sharing the DNS port with SO_REUSEPORT (no HTTP endpoints). They
+    have no lameduck of their own: the first process stops them after its own."""
     children = []
     for _ in range(count - 1):
         args = [sys.executable, "-m", "skydns"] + list(argv) + ["-workers=1",
-                                                                 "-healthz-port=0"]
+                                                                 "-healthz-port=0",
+                                                                 "-lameduck=0"]
         env = dict(os.environ, SKYDNS_REUSEPORT="1", PROMETHEUS_PORT="")
         children.append(subprocess.Popen(args, env=env))
     return children
@@ -197,14 +234,9 @@ def main(argv=None):
                 child.kill()
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
 
-    def stop_once(*_):
-        # SIGINT from a terminal's Ctrl-C and SIGTERM from a supervisor often both arrive.
-        if reactor.running and not getattr(reactor, "_skydns_stopping", False):
-            reactor._skydns_stopping = True
-            log.info("stopping")
-            reactor.stop()
+    shutdown_on = Shutdown(reactor, app)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: reactor.callFromThread(stop_once))
+        signal.signal(sig, lambda signum, _: reactor.callFromThread(shutdown_on.signal, signum))
     # SIGHUP (a closed terminal, an init system's "reload") must not stop cluster DNS:
     # /skydns/config is watched and applied as it changes, so there is nothing to reload.
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(

@@ -29,9 +29,10 @@ class Health:
         self.store = store
         self.sync = sync
         self.config = config
+        self.lameduck = None  # why probes must fail while DNS still answers (shutting down)
 
     def problems(self):
-        out = []
+        out = [self.lameduck] if self.lameduck else []
         if not self.store.loaded:
             out.append("records not loaded from etcd yet")
         if not self.sync.healthy:
@@ -89,11 +90,12 @@ class HealthResource(resource.Resource):
 
 
 class ReadyResource(resource.Resource):
-    """``/readyz``: 200 once the records are loaded, whatever etcd does after that; the
-    body says when they may be stale. For readiness probes of several replicas that share
-    one etcd cluster: when that cluster loses its quorum, ``/healthz`` fails on every
-    replica at once and the DNS Service would have no endpoints left, an outage of every
-    name, where the replicas could go on answering from memory (as SkyDNS does)."""
+    """``/readyz``: 200 once the records are loaded, whatever etcd does after that (until
+    a SIGTERM's lameduck); the body says when they may be stale. For readiness probes of
+    several replicas that share one etcd cluster: when that cluster loses its quorum,
+    ``/healthz`` fails on every replica at once and the DNS Service would have no
+    endpoints left, an outage of every name, where the replicas could go on answering
+    from memory (as SkyDNS does)."""
 
     isLeaf = True
 
@@ -105,7 +107,7 @@ class ReadyResource(resource.Resource):
     def render_GET(self, request):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         problems = self.health.problems()
-        if not self.health.store.loaded or not self.alive():
+        if not self.health.store.loaded or not self.alive() or self.health.lameduck:
             request.setResponseCode(503)
             return ("\n".join(problems or ["DNS listener closed"]) + "\n").encode()
         if problems:

@@ -266,6 +266,8 @@ class Skydns:
             args.append(f"-nameservers={self.upstream}")
         elif not any(f.startswith("-nameservers") for f in self.flags):
             args.append("-nameservers=127.0.0.1:9")  # never the machine's resolvers
+        if not any(f.startswith("-lameduck") for f in self.flags):
+            args.append("-lameduck=0")  # tests stop hundreds of servers (lameduck: its test)
         return args + self.flags
 
     def start(self, wait_loaded=True):

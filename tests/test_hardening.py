@@ -18,6 +18,7 @@ import json
 import signal
 import time
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -368,4 +369,45 @@ def test_sighup_is_harmless_and_sigterm_still_stops(etcd_client, start_skydns):
     assert sky.healthz()[0] == 200
     assert log_count(sky, "SIGHUP ignored") >= 1
     sky.proc.send_signal(signal.SIGTERM)
+    assert sky.proc.wait(timeout=5) == 0
+
+
+def test_sigterm_lameduck_fails_probes_at_once_and_answers_until_it_ends(etcd_client,
+                                                                         start_skydns):
+    """A rollout's SIGTERM: the probes fail at once (the endpoints controller takes the
+    replica out of the Service) while DNS is still answered for -lameduck, then skydns
+    exits 0 by itself."""
+    sky = start_skydns("-lameduck=2s")
+    put(etcd_client, f"duck.{D}", {"host": "10.4.0.2"})
+    wait_for(lambda: sky.query(f"duck.{D}").answer, what="record")
+    assert sky.status("/readyz")[0] == 200
+    sky.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    status, body = sky.healthz()
+    assert status == 503 and "lameduck" in body, body
+    assert sky.status("/readyz")[0] == 503
+    assert sky.status("/livez")[0] == 200  # the kubelet must not restart it meanwhile
+    answered = []
+    for _ in range(400):  # bounded: ~20 ms a round
+        if sky.proc.poll() is not None:
+            break
+        try:
+            if sky.query(f"duck.{D}", timeout=0.2).answer[0][0].address == "10.4.0.2":
+                answered.append(time.monotonic() - signalled)
+        except dns.exception.Timeout:
+            pass
+        time.sleep(0.02)
+    assert sky.proc.wait(timeout=5) == 0
+    stopped = time.monotonic() - signalled
+    assert answered and answered[-1] >= 1.5, answered[-3:]  # answering through the lameduck
+    assert 1.9 <= stopped <= 5, stopped
+    assert log_count(sky, "lameduck for 2s") == 1
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]])
+def test_sigint_or_a_second_signal_stops_at_once(etcd_client, start_skydns, signals):
+    sky = start_skydns("-lameduck=60s")
+    for signum in signals:
+        sky.proc.send_signal(signum)
+        time.sleep(0.2)
     assert sky.proc.wait(timeout=5) == 0
