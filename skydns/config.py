@@ -68,6 +68,7 @@ class Config:
     workers: int = 1
     max_udp_size: int = 1232
     lameduck: float = 5.0
+    nsid: str = ""
 
     def __post_init__(self):
         self.normalize()
@@ -94,6 +95,8 @@ class Config:
             raise ConfigError("rtimeout must be positive")
         if self.lameduck < 0:
             raise ConfigError("lameduck must not be negative")
+        if len(self.nsid.encode()) > 512:
+            raise ConfigError("nsid must be at most 512 bytes")
         self.zone_ttls  # parsed (and checked) once per Config
 
     # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
@@ -321,6 +324,9 @@ _FLAGS = [
      "processes sharing the DNS port with SO_REUSEPORT"),
     ("max-udp-size", "max_udp_size", int, "SKYDNS_MAX_UDP_SIZE",
      "largest UDP reply whatever buffer a client claims; larger ones are truncated (TC)"),
+    ("nsid", "nsid", str, "SKYDNS_NSID",
+     "name server identifier (RFC 5001, e.g. the pod name) sent to queries that ask for "
+     "it, so a client can tell which replica answered (empty: off)"),
     ("lameduck", "lameduck", parse_duration, "SKYDNS_LAMEDUCK",
      "on SIGTERM, keep answering DNS this long (Go duration) while /healthz and /readyz "
      "fail, so the Service drops this replica first; SIGINT or a second signal stops at "

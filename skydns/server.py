@@ -16,6 +16,7 @@ import socket
 import struct
 import time
 
+import dns.edns
 import dns.exception
 import dns.message
 import dns.rcode
@@ -313,6 +314,9 @@ class QueryHandler:
                 out = wirefmt.truncated(request, out, self.config.max_udp_size)
                 self.metrics.error("truncated")
             return out
+        if self.config.nsid and request.edns == 0 and any(
+                option.otype == dns.edns.NSID for option in request.options):
+            add_nsid(reply.message, self.config.nsid)
         out = wirefmt.render(reply.message, limit, tcp)
         if out[2] & 0x02:
             self.metrics.error("truncated")
@@ -335,6 +339,18 @@ class QueryHandler:
         self.metrics.cache_misses["wire"] += 1
         slot = self.metrics.slot(reply.system, len(out))
         self.cache.insert(data, responses, reply.deps, slot, negative=not message.answer)
+
+
+def add_nsid(message, nsid: str):
+    """RFC 5001: the server's identifier in the reply to a query that asked for it (with
+    an empty NSID option). Such queries take the general path (the fast path reads only
+    cookie options), and a reply cached for one is keyed by its OPT bytes, so only
+    queries that ask for the NSID get it."""
+    if message.edns < 0:
+        message.use_edns(0, 0, 1232)
+    message.use_edns(0, message.ednsflags, message.payload,
+                     options=[o for o in message.options if o.otype != dns.edns.NSID]
+                     + [dns.edns.NSIDOption(nsid.encode())])
 
 
 @implementer(IReadDescriptor)

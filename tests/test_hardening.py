@@ -18,6 +18,7 @@ import json
 import signal
 import time
 
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -411,3 +412,33 @@ def test_sigint_or_a_second_signal_stops_at_once(etcd_client, start_skydns, sign
         sky.proc.send_signal(signum)
         time.sleep(0.2)
     assert sky.proc.wait(timeout=5) == 0
+
+
+def test_nsid_tells_which_replica_answered(etcd_client, start_skydns):
+    """RFC 5001: a query with an empty NSID option gets the server's identifier; one
+    without gets no NSID, also after the NSID answer was cached."""
+    sky = start_skydns("-nsid=kube-dns-7c9f-x2l4q")
+    put(etcd_client, f"nsid.{D}", {"host": "10.4.0.3"})
+    wait_for(lambda: sky.query(f"nsid.{D}").answer, what="record")
+    asks = [dns.edns.GenericOption(dns.edns.NSID, b"")]
+    for name, rcode in ((f"nsid.{D}", dns.rcode.NOERROR), (f"none.{D}", dns.rcode.NXDOMAIN)):
+        for _ in range(3):  # the first from the general path, then from the wire cache
+            for tcp in (False, True):
+                reply = sky.query(name, "A", tcp=tcp, use_edns=0, options=asks)
+                assert reply.rcode() == rcode
+                nsid = [o.nsid for o in reply.options if o.otype == dns.edns.NSID]
+                assert nsid == [b"kube-dns-7c9f-x2l4q"], (name, tcp, reply.options)
+            padded = [dns.edns.GenericOption(dns.edns.PADDING, b"\0" * 8)]
+            for options in ([], padded):  # the fast path; the general one, as NSID's
+                plain = sky.query(name, "A", use_edns=0, options=options)
+                assert plain.rcode() == rcode
+                assert not [o for o in plain.options if o.otype == dns.edns.NSID]
+    assert sky.query(f"nsid.{D}").answer[0][0].address == "10.4.0.3"
+
+
+def test_no_nsid_unless_configured(etcd_client, start_skydns):
+    sky = start_skydns()
+    reply = sky.query(f"none.{D}", "A", use_edns=0,
+                      options=[dns.edns.GenericOption(dns.edns.NSID, b"")])
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert not [o for o in reply.options if o.otype == dns.edns.NSID]
