@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 import socket
@@ -20,6 +21,12 @@ import dns.name
 from .record import name_labels, name_to_key
 
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
+SYSTEMD_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"  # what resolved itself asks
+RESOLVED_STUBS = ("127.0.0.53", "127.0.0.54")  # systemd-resolved's stub listeners
+_WILDCARDS = ("0.0.0.0", "::", "")
+_LOOPBACKS = ("127.0.0.1", "::1", "0.0.0.0", "::", "localhost")
+
+log = logging.getLogger("skydns.config")
 
 
 class ConfigError(ValueError):
@@ -69,6 +76,7 @@ class Config:
     max_udp_size: int = 1232
     lameduck: float = 5.0
     nsid: str = ""
+    loop_probe: bool = True
 
     def __post_init__(self):
         self.normalize()
@@ -82,6 +90,10 @@ class Config:
             raise ConfigError(f"path prefix {self.path_prefix!r} must be a single key component")
         parse_hostport(self.addr, 53)
         self.nameservers = [_format_hostport(*parse_hostport(ns, 53)) for ns in self.nameservers]
+        for upstream in self.nameservers:
+            problem = forwarding_loop(upstream, self.addr)
+            if problem:
+                raise ConfigError(problem)
         for name in ("ndots", "ttl", "min_ttl", "priority", "rcache", "rcache_ttl", "scache",
                      "healthz_port", "prometheus_port", "workers", "rcache_stale",
                      "rcache_prefetch", "max_concurrent", "rcache_mb", "answer_cache_mb"):
@@ -256,8 +268,25 @@ def _split_list(value: str) -> list:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def resolv_conf_nameservers(path: str = DEFAULT_RESOLV_CONF) -> list:
-    """``nameserver`` lines of resolv.conf as host:53 (SkyDNS's default upstreams)."""
+def resolv_conf_nameservers(path: str = DEFAULT_RESOLV_CONF,
+                            resolved_path: str = SYSTEMD_RESOLV_CONF) -> list:
+    """``nameserver`` lines of resolv.conf as host:53 (SkyDNS's default upstreams). A
+    systemd-resolved stub listener in it is replaced by the servers resolved itself uses
+    (``resolved_path``, as kubelet's ``--resolv-conf`` advice), or left out."""
+    servers = _nameserver_lines(path)
+    stubs = [s for s in servers if parse_hostport(s, 53)[0] in RESOLVED_STUBS]
+    if stubs:
+        real = [s for s in _nameserver_lines(resolved_path)
+                if parse_hostport(s, 53)[0] not in RESOLVED_STUBS]
+        log.warning("%s lists systemd-resolved's stub %s (a loop or unreachable from a "
+                    "pod): using %s", path, ", ".join(stubs),
+                    f"the servers of {resolved_path}: {', '.join(real)}" if real
+                    else "the other servers only")
+        servers = real or [s for s in servers if s not in stubs]
+    return servers
+
+
+def _nameserver_lines(path: str) -> list:
     servers = []
     try:
         with open(path) as fh:
@@ -268,6 +297,24 @@ def resolv_conf_nameservers(path: str = DEFAULT_RESOLV_CONF) -> list:
     except OSError:
         pass
     return servers
+
+
+def forwarding_loop(upstream: str, listen: str) -> str | None:
+    """Why forwarding to ``upstream`` is a loop we can tell from the addresses alone (this
+    server itself, or systemd-resolved's stub, which forwards to whatever the node's
+    resolv.conf names: cluster DNS, coredns#2087), or None. Other loops are found at run
+    time by the probe (skydns.loop)."""
+    host, port = parse_hostport(upstream, 53)
+    own_host, own_port = parse_hostport(listen, 53)
+    if port == own_port and (host == own_host or (own_host in _WILDCARDS
+                                                  and host in _LOOPBACKS)):
+        return (f"upstream {upstream} is this server itself (-addr {listen}): every "
+                f"forwarded query would come back; set -nameservers to the real upstreams")
+    if host in RESOLVED_STUBS and port == 53:
+        return (f"upstream {upstream} is systemd-resolved's stub listener: from a pod it is "
+                f"not there, and on a node it forwards to the node's resolv.conf, maybe "
+                f"back to cluster DNS; use the servers of {SYSTEMD_RESOLV_CONF}")
+    return None
 
 
 # (flag, attribute, type, environment variable, help)
@@ -327,6 +374,9 @@ _FLAGS = [
     ("nsid", "nsid", str, "SKYDNS_NSID",
      "name server identifier (RFC 5001, e.g. the pod name) sent to queries that ask for "
      "it, so a client can tell which replica answered (empty: off)"),
+    ("loop-probe", "loop_probe", parse_bool, None,
+     "at start, send each private upstream a probe name and report a forwarding loop "
+     "(unhealthy, with the upstream) if it comes back to this server"),
     ("lameduck", "lameduck", parse_duration, "SKYDNS_LAMEDUCK",
      "on SIGTERM, keep answering DNS this long (Go duration) while /healthz and /readyz "
      "fail, so the Service drops this replica first; SIGINT or a second signal stops at "

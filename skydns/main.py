@@ -15,6 +15,7 @@ from .authority import Authority
 from .config import ConfigError, apply_etcd_config, from_args
 from .etcdsync import EtcdSync, bound_malloc_arenas, read_config_value
 from .forward import Forwarder
+from .loop import LoopProbe
 from .metrics import Metrics
 from .ops import Health, listen
 from .resolver import Resolver
@@ -55,6 +56,8 @@ class App:
         self.handler = QueryHandler(self.resolver, self.cache, self.metrics, config)
         self.sync = EtcdSync(reactor, self.store, config)
         self.health = Health(reactor, self.store, self.sync, config)
+        if config.loop_probe:
+            self.handler.loop = self.health.loop = LoopProbe(reactor)
         self.store.change_listeners.append(self.cache.invalidate)
         self.store.reset_listeners.append(self.cache.clear)
         self.store.config_listeners.append(self.etcd_config_changed)
@@ -99,6 +102,7 @@ class App:
                            alive=lambda: self.udp is not None and self.udp.sock.fileno() >= 0)
         self.sync.start()
         self._schedule_hourly()
+        self.reactor.callWhenRunning(self.probe_loops)
 
     def stop(self):
         self.sync.stop()
@@ -136,12 +140,20 @@ class App:
                             self.config.path_prefix, field)
                 new = dataclasses.replace(new, **{field: getattr(self.config, field)})
         log.info("applying /%s/config", self.config.path_prefix)
+        upstreams_changed = new.nameservers != self.config.nameservers
         self.config = new
         self.resolver.reconfigure(new)
         self.handler.config = new
         self.health.config = new
         self.cache.max_bytes = new.answer_cache_mb * MIB
         self.cache.clear()
+        if upstreams_changed:
+            self.probe_loops()
+
+    def probe_loops(self):
+        """Ask the upstreams for the loop probe (skydns.loop), unless nothing is forwarded."""
+        if self.handler.loop is not None and not self.config.no_rec:
+            self.handler.loop.probe(self.config.nameservers)
 
 
 class Shutdown:
@@ -181,12 +193,14 @@ class Shutdown:
 
 def spawn_workers(argv, count):
     """Extra processes sharing the DNS port with SO_REUSEPORT (no HTTP endpoints). They
-    have no lameduck of their own: the first process stops them after its own."""
+    have no lameduck of their own (the first process stops them after its own) and send
+    no loop probe (the first one does, and reports it)."""
     children = []
     for _ in range(count - 1):
         args = [sys.executable, "-m", "skydns"] + list(argv) + ["-workers=1",
                                                                  "-healthz-port=0",
-                                                                 "-lameduck=0"]
+                                                                 "-lameduck=0",
+                                                                 "-loop-probe=false"]
         env = dict(os.environ, SKYDNS_REUSEPORT="1", PROMETHEUS_PORT="")
         children.append(subprocess.Popen(args, env=env))
     return children

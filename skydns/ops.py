@@ -30,9 +30,12 @@ class Health:
         self.sync = sync
         self.config = config
         self.lameduck = None  # why probes must fail while DNS still answers (shutting down)
+        self.loop = None      # a LoopProbe, when -loop-probe is on
 
     def problems(self):
         out = [self.lameduck] if self.lameduck else []
+        if self.loop is not None:
+            out.extend(self.loop.problems())
         if not self.store.loaded:
             out.append("records not loaded from etcd yet")
         if not self.sync.healthy:

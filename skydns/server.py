@@ -69,6 +69,7 @@ class QueryHandler:
         self.failure_log = RateLimitedLog(log, interval=60.0)
 
     relay = None  # a UDPRelay, set by the UDP reader's owner (see skydns.relay)
+    loop = None   # a LoopProbe (skydns.loop), when -loop-probe is on
 
     def handle(self, data: bytes, tcp: bool, addr=None):
         """Reply bytes, a Deferred firing with them (or None), or None to send nothing
@@ -79,6 +80,10 @@ class QueryHandler:
             return None  # no header to answer, or not a query: never answer responses
         query = wirefmt.parse_query(data)
         if query is not None:
+            if self.loop is not None and self.loop.came_back(query.name):
+                self.metrics.error("loop")  # our own probe: never forwarded again
+                flags = 0x8000 | (data[2] << 8 & 0x0100) | 0x0080 | dns.rcode.SERVFAIL
+                return encoder.header_only(data, query.qend, flags, None)
             if self.resolver.authority.in_domain(query.name):
                 encloser = self.resolver.missing_name(query)
                 if encloser is not None:

@@ -268,6 +268,8 @@ class Skydns:
             args.append("-nameservers=127.0.0.1:9")  # never the machine's resolvers
         if not any(f.startswith("-lameduck") for f in self.flags):
             args.append("-lameduck=0")  # tests stop hundreds of servers (lameduck: its test)
+        if not any(f.startswith("-loop-probe") for f in self.flags):
+            args.append("-loop-probe=false")  # upstreams here count what they are asked
         return args + self.flags
 
     def start(self, wait_loaded=True):

@@ -27,7 +27,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from procs import free_port, wait_for
+from procs import Skydns, free_port, wait_for
 from test_operations import (CountingUpstream, http_get, key_of, metric, put, put_many,
                              raw_udp, running)
 
@@ -442,3 +442,123 @@ def test_no_nsid_unless_configured(etcd_client, start_skydns):
                       options=[dns.edns.GenericOption(dns.edns.NSID, b"")])
     assert reply.rcode() == dns.rcode.NXDOMAIN
     assert not [o for o in reply.options if o.otype == dns.edns.NSID]
+
+
+# -- forwarding loops --------------------------------------------------------------------------
+
+class LoopingRelay:
+    """An "upstream" that forwards every UDP query to ``target`` and relays the reply: a
+    node resolver pointed back at cluster DNS."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.port = free_port()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.settimeout(0.2)
+        self.target = None
+        self.relayed = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import socket
+        while not self.stopped.is_set():
+            try:
+                data, client = self.sock.recvfrom(65535)
+            except (socket.timeout, OSError):
+                continue
+            if self.target is None:
+                continue
+            self.relayed += 1
+            out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            out.settimeout(1.0)
+            try:
+                out.sendto(data, self.target)
+                self.sock.sendto(out.recv(65535), client)
+            except (socket.timeout, OSError):
+                pass
+            finally:
+                out.close()
+
+    def close(self):
+        self.stopped.set()
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+def test_forwarding_loop_found_at_run_time_is_reported_not_amplified(etcd, etcd_client):
+    """The upstream forwards back to skydns: the probe comes back, /healthz says which
+    upstream loops, the probe is answered SERVFAIL instead of going round again, and the
+    cluster's own names are still answered."""
+    relay = LoopingRelay()
+    sky = Skydns(etcd.url, "-loop-probe=true", upstream=f"127.0.0.1:{relay.port}")
+    relay.target = ("127.0.0.1", sky.port)  # known before it starts and sends the probe
+    try:
+        sky.start()
+        put(etcd_client, f"loop.{D}", {"host": "10.4.0.4"})
+        status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(sky.healthz()),
+                                what="the loop to be reported")
+        assert f"forwarding loop: a probe sent to upstream 127.0.0.1:{relay.port}" in body
+        assert sky.status("/livez")[0] == 200
+        time.sleep(0.5)
+        assert relay.relayed <= 3  # the probe went round once, not until it timed out
+        assert log_count(sky, "forwarding loop") == 1
+        assert wait_for(lambda: sky.query(f"loop.{D}").answer)[0][0].address == "10.4.0.4"
+    finally:
+        sky.close()
+        relay.close()
+
+
+def test_a_private_upstream_that_answers_is_probed_once_and_healthy(start_skydns):
+    from test_operations import CountingUpstream
+    upstream = CountingUpstream()
+    try:
+        sky = start_skydns("-loop-probe=true", upstream=upstream.address)
+        wait_for(lambda: any(q.question[0].rdtype == dns.rdatatype.HINFO
+                             for q in upstream.queries), what="the probe")
+        probes = [q for q in upstream.queries if q.question[0].rdtype == dns.rdatatype.HINFO]
+        assert len(probes) == 1 and len(probes[0].question[0].name.labels) == 3
+        status, body = sky.healthz()
+        assert status == 200, body
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("listen, upstream, why", [
+    ("0.0.0.0:53", "127.0.0.1:53", "this server itself"),
+    ("127.0.0.1:1053", "127.0.0.1:1053", "this server itself"),
+    ("[::]:53", "[::1]:53", "this server itself"),
+    ("0.0.0.0:53", "127.0.0.53:53", "systemd-resolved"),
+])
+def test_upstreams_that_loop_by_their_address_are_refused_at_start(listen, upstream, why):
+    from skydns import config as cfg
+    with pytest.raises(cfg.ConfigError, match=why):
+        cfg.from_args([f"-addr={listen}", f"-nameservers={upstream}"], environ={})
+    for fine in ("127.0.0.11:53", "127.0.0.1:5353", "10.0.0.10:53"):  # docker's, dnsmasq's
+        cfg.from_args([f"-addr={listen}", f"-nameservers={fine}"], environ={})
+
+
+def test_resolved_stub_in_resolv_conf_is_replaced_by_its_servers(tmp_path):
+    from skydns import config as cfg
+    resolv = tmp_path / "resolv.conf"
+    resolved = tmp_path / "resolved.conf"
+    resolv.write_text("nameserver 127.0.0.53\noptions edns0 trust-ad\n")
+    resolved.write_text("nameserver 10.0.0.2\nnameserver 10.0.0.3\n")
+    assert cfg.resolv_conf_nameservers(str(resolv), str(resolved)) == [
+        "10.0.0.2:53", "10.0.0.3:53"]
+    assert cfg.resolv_conf_nameservers(str(resolv), str(tmp_path / "none")) == []
+    resolv.write_text("nameserver 127.0.0.53\nnameserver 192.0.2.1\n")
+    assert cfg.resolv_conf_nameservers(str(resolv), str(tmp_path / "none")) == ["192.0.2.1:53"]
+
+
+@pytest.mark.parametrize("host, probed", [
+    ("8.8.8.8", False), ("2001:4860:4860::8888", False),  # public: cannot reach us
+    ("10.0.0.1", True), ("127.0.0.1", True), ("169.254.20.10", True), ("fd00::1", True),
+    ("dns.example", True),  # a name: cannot tell
+])
+def test_only_upstreams_that_could_forward_back_are_probed(host, probed):
+    from skydns.loop import may_loop
+    assert may_loop(host) is probed

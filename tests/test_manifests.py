@@ -108,7 +108,7 @@ def container_env(container) -> dict:
 
 
 def skydns_config(container) -> sky_config.Config:
-    environ = {"SKYDNS_NAMESERVERS": "127.0.0.1:53", **container_env(container)}
+    environ = {"SKYDNS_NAMESERVERS": "192.0.2.53:53", **container_env(container)}
     return sky_config.from_args(list(container["args"]), environ=environ)
 
 

@@ -55,7 +55,7 @@ def test_bad_flags_are_refused(argv):
 
 
 def test_etcd_config_overrides_and_validates():
-    base = cfg.Config(nameservers=["127.0.0.1:53"])
+    base = cfg.Config(nameservers=["192.0.2.53:53"])
     new = cfg.apply_etcd_config(base, b'{"domain":"x.local","ttl":5,"ndot":1,'
                                       b'"read_timeout":1500000000,"unknown":1}')
     assert (new.domain, new.ttl, new.ndots, new.rtimeout) == ("x.local.", 5, 1, 1.5)
