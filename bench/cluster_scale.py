@@ -30,6 +30,10 @@ Then, on 127.0.0.1 only:
 4. skydns cold load of all the records: seconds from start to ``/healthz`` 200, and VmRSS
    then. Reference: one bare etcd3 ``get_prefix("/skydns/")`` range read; the CoreDNS
    formula.
+   Last (after the churn, so that its memory figures start from the cache as loaded):
+   one client asks once for the A name and both SRV names of every headless service
+   (``--skip-wide`` to leave out); skydns's VmRSS after it, against just before it and
+   the manifest's 200Mi limit (the answer cache's byte budget at work).
 5. API create -> correct UDP answer: ``--creates`` new ClusterIP services, one at a time,
    each POSTed to the emulator (the request ``CoreV1Api.create_namespaced_service`` sends);
    skydns is then asked ``<name>.<ns>.svc.cluster.local. A`` over UDP every ~1 ms until it
@@ -96,7 +100,8 @@ LIST_PAGE = 500
 SYNC_LINE = re.compile(r"initial sync done in ([\d.]+)s: (\d+) keys desired, (\d+) written, "
                        r"(\d+) deleted")
 TARGETS = {"sync_s": 15.0, "kube2sky_rss_mib": 200.0, "restart_s": 5.0,
-           "skydns_load_s": 3.0, "skydns_rss_mib": 150.0, "create_p99_ms": 50.0}
+           "skydns_load_s": 3.0, "skydns_rss_mib": 150.0, "create_p99_ms": 50.0,
+           "wide_rss_mib": 200.0}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -488,6 +493,37 @@ def poll_answer(sock: socket.socket, qname: str, want: str, deadline: float,
             break
 
 
+def wide_queries(a, dns_port: int, sky: Proc) -> dict:
+    """skydns's VmRSS before and after one UDP query (EDNS 4096) for the A name and each
+    named port's SRV name of every headless service: the answer cache at its fullest
+    (a headless answer is kept in up to 16 round-robin rotations), one client's worth."""
+    clusterip = a.services - a.services // 2
+    names = []
+    for i in range(clusterip, a.services):
+        fqdn = f"svc-{i}.ns-{i % a.namespaces}.svc.{ZONE}"
+        names.append((fqdn, dns.rdatatype.A))
+        names += [(f"_{p['name']}._tcp.{fqdn}", dns.rdatatype.SRV) for p in PORTS]
+    before = vm_rss_kib(sky.pid)
+    answered, started = 0, time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((LOOPBACK, dns_port))
+        sock.settimeout(2)
+        for i, (name, rdtype) in enumerate(names):
+            query = dns.message.make_query(name, rdtype, use_edns=0, payload=4096)
+            sock.send(query.to_wire())
+            try:
+                reply = dns.message.from_wire(sock.recv(65535))
+                answered += bool(reply.answer)
+            except (socket.timeout, dns.exception.DNSException):
+                pass
+            if i % 5000 == 4999:
+                log(f"  ... wide queries: {i + 1} of {len(names)}, skydns VmRSS "
+                    f"{vm_rss_kib(sky.pid) / 1024:.0f} MiB")
+    return {"queries": len(names), "answered": answered,
+            "seconds": time.monotonic() - started, "before_kib": before,
+            "after_kib": vm_rss_kib(sky.pid), "vmhwm_kib": status_kib(sky.pid, "VmHWM")}
+
+
 def create_to_answer(a, api_url: str, dns_port: int, sky: Proc, k2s: Proc) -> dict:
     host, port = api_url.rsplit("//", 1)[1].split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -647,6 +683,16 @@ def report(a, res: dict) -> None:
     if res.get("churn"):
         from churn import report_rows
         rows.extend(report_rows(a, res["churn"]))
+    w = res.get("wide")
+    if w:
+        after = mib(w["after_kib"])
+        rows.append((f"skydns VmRSS after one client asked every headless service's A and "
+                     f"SRV names once ({w['queries']} queries)",
+                     f"{after:.1f} MiB (peak VmHWM {mib(w['vmhwm_kib']):.1f} MiB); "
+                     f"{w['answered']} answered in {w['seconds']:.1f} s",
+                     f"VmRSS just before: {mib(w['before_kib']):.1f} MiB",
+                     f"<= {TARGETS['wide_rss_mib']:g} MiB (the manifest's limit) "
+                     f"{verdict(after <= TARGETS['wide_rss_mib'])}"))
     print()
     print("| figure | measured | reference (same run) | target |")
     print("|---|---|---|---|")
@@ -744,6 +790,11 @@ def run(a, tmp: Path, procs: list[Proc]) -> dict:
         from churn import churn              # here: churn.py imports this module
         res["churn"] = churn(a, api_url, dns_port, etcd_port,
                              {"kube2sky": k2s, "skydns": sky, "etcd": etcd, "kubeemu": emu})
+
+    if not a.skip_wide:  # last: the churn's memory figures start from the cache as loaded
+        res["wide"] = w = wide_queries(a, dns_port, sky)
+        log(f"wide queries: {w['answered']} of {w['queries']} answered in {w['seconds']:.1f} s"
+            f", skydns VmRSS {mib(w['before_kib']):.1f} -> {mib(w['after_kib']):.1f} MiB")
     return res
 
 
@@ -804,6 +855,8 @@ def main(argv=None) -> int:
                     help="no skydns figures (implies --skip-create and --skip-churn)")
     ap.add_argument("--skip-create", action="store_true",
                     help="no API create -> answer figure")
+    ap.add_argument("--skip-wide", action="store_true",
+                    help="no figure of skydns's memory after every headless name is asked")
     ap.add_argument("--skip-lists", action="store_true",
                     help="do not time the emulator's own lists")
     from churn import add_churn_flags, check_churn_flags
@@ -816,7 +869,7 @@ def main(argv=None) -> int:
         ap.error("need --creates 1..10000, --create-timeout in (0, 60], "
                  "--poll-interval in (0, 1]")
     if a.skip_skydns:
-        a.skip_create = a.skip_churn = True
+        a.skip_create = a.skip_churn = a.skip_wide = True
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
