@@ -77,6 +77,9 @@ class Config:
     lameduck: float = 5.0
     nsid: str = ""
     loop_probe: bool = True
+    dot_addr: str = ""
+    dot_cert: str = ""
+    dot_key: str = ""
 
     def __post_init__(self):
         self.normalize()
@@ -109,6 +112,10 @@ class Config:
             raise ConfigError("lameduck must not be negative")
         if len(self.nsid.encode()) > 512:
             raise ConfigError("nsid must be at most 512 bytes")
+        if self.dot_addr:
+            parse_hostport(self.dot_addr, 853)
+            if not (self.dot_cert and self.dot_key):
+                raise ConfigError("-dot-addr needs -dot-cert and -dot-key (PEM files)")
         self.zone_ttls  # parsed (and checked) once per Config
 
     # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
@@ -374,6 +381,11 @@ _FLAGS = [
     ("nsid", "nsid", str, "SKYDNS_NSID",
      "name server identifier (RFC 5001, e.g. the pod name) sent to queries that ask for "
      "it, so a client can tell which replica answered (empty: off)"),
+    ("dot-addr", "dot_addr", str, "SKYDNS_DOT_ADDR",
+     "ip:port to serve DNS over TLS on (RFC 7858, port 853 by default; empty: off)"),
+    ("dot-cert", "dot_cert", str, "SKYDNS_DOT_CERT",
+     "PEM file with the DNS-over-TLS certificate, then any intermediates"),
+    ("dot-key", "dot_key", str, "SKYDNS_DOT_KEY", "PEM file with its private key"),
     ("loop-probe", "loop_probe", parse_bool, None,
      "at start, send each private upstream a probe name and report a forwarding loop "
      "(unhealthy, with the upstream) if it comes back to this server"),

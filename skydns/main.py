@@ -64,6 +64,7 @@ class App:
         self._config_value = None
         self.udp = None
         self.tcp = None
+        self.dot = None
         self.http = []
         m = self.metrics
         m.gauge("skydns_records", "Records served from memory", lambda: self.store.count)
@@ -95,6 +96,10 @@ class App:
             self.tcp = self.reactor.listenTCP(sock.getsockname()[1],
                                               DNSTCPFactory(self.handler, self.cache),
                                               interface=host, backlog=128)
+            if self.config.dot_addr:
+                from .dot import listen_tls  # only with -dot-addr: it imports pyOpenSSL
+                self.dot = listen_tls(self.reactor, self.config,
+                                      DNSTCPFactory(self.handler, self.cache))
         log.info("skydns %s serving %s on %s:%d (%s), etcd %s", __version__,
                  self.config.domain, host, sock.getsockname()[1],
                  "udp, tcp" if tcp else "udp worker", ",".join(self.config.machines))
@@ -193,14 +198,15 @@ class Shutdown:
 
 def spawn_workers(argv, count):
     """Extra processes sharing the DNS port with SO_REUSEPORT (no HTTP endpoints). They
-    have no lameduck of their own (the first process stops them after its own) and send
-    no loop probe (the first one does, and reports it)."""
+    have no lameduck of their own (the first process stops them after its own), send no
+    loop probe (the first one does, and reports it) and serve no TLS (nor TCP)."""
     children = []
     for _ in range(count - 1):
         args = [sys.executable, "-m", "skydns"] + list(argv) + ["-workers=1",
                                                                  "-healthz-port=0",
                                                                  "-lameduck=0",
-                                                                 "-loop-probe=false"]
+                                                                 "-loop-probe=false",
+                                                                 "-dot-addr="]
         env = dict(os.environ, SKYDNS_REUSEPORT="1", PROMETHEUS_PORT="")
         children.append(subprocess.Popen(args, env=env))
     return children
@@ -226,6 +232,11 @@ def main(argv=None):
         except ConfigError as exc:
             log.error("ignoring /%s/config: %s", flags_config.path_prefix, exc)
 
+    if not config.dot_addr:
+        # Twisted's TCP transport imports pyOpenSSL whenever it is installed (for DNS over
+        # TLS here), and with it OpenSSL and cryptography's bindings: 11 MiB resident in
+        # every process, for TLS that only -dot-addr uses.
+        sys.modules.setdefault("OpenSSL", None)
     from twisted.internet import reactor
     try:
         app = App(reactor, config, flags_config)
