@@ -77,6 +77,7 @@ class Config:
     lameduck: float = 5.0
     nsid: str = ""
     loop_probe: bool = True
+    log_queries: int = 0
     dot_addr: str = ""
     dot_cert: str = ""
     dot_key: str = ""
@@ -99,7 +100,8 @@ class Config:
                 raise ConfigError(problem)
         for name in ("ndots", "ttl", "min_ttl", "priority", "rcache", "rcache_ttl", "scache",
                      "healthz_port", "prometheus_port", "workers", "rcache_stale",
-                     "rcache_prefetch", "max_concurrent", "rcache_mb", "answer_cache_mb"):
+                     "rcache_prefetch", "max_concurrent", "rcache_mb", "answer_cache_mb",
+                     "log_queries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.workers < 1:
@@ -357,6 +359,9 @@ _FLAGS = [
     ("path-prefix", "path_prefix", str, "SKYDNS_PATH_PREFIX", "etcd key prefix"),
     ("stubzones", "stubzones", parse_bool, None, "forward stub zones from stub.dns.<domain>"),
     ("verbose", "verbose", parse_bool, None, "log every query"),
+    ("log-queries", "log_queries", int, "SKYDNS_LOG_QUERIES",
+     "log one line per answered query in CoreDNS's common log format, at most this many "
+     "a second (the rest are counted; 0: off)"),
     ("tls-key", "tls_key", str, "ETCD_TLSKEY", "etcd client TLS key"),
     ("tls-pem", "tls_pem", str, "ETCD_TLSPEM", "etcd client TLS certificate"),
     ("ca-cert", "ca_cert", str, "ETCD_CACERT", "CA certificate for etcd TLS"),

@@ -18,6 +18,7 @@ from .forward import Forwarder
 from .loop import LoopProbe
 from .metrics import Metrics
 from .ops import Health, listen
+from .querylog import QueryLog
 from .resolver import Resolver
 from .relay import UDPRelay
 from .server import DNSTCPFactory, QueryHandler, UDPServer, bind_udp
@@ -88,18 +89,21 @@ class App:
         with the first process, which is enough for truncated-answer retries."""
         host, port = self.config.listen
         sock = bind_udp(host, port, reuse_port)
+        querylog = QueryLog(self.config.log_queries) if self.config.log_queries else None
         self.udp = UDPServer(self.reactor, sock, self.handler, self.cache, self.metrics)
         self.handler.relay = UDPRelay(self.reactor, self.resolver, self.forwarder,
                                       self.metrics, sock.sendto)
+        self.udp.querylog = self.handler.relay.querylog = querylog
         self.udp.start()
         if tcp:
-            self.tcp = self.reactor.listenTCP(sock.getsockname()[1],
-                                              DNSTCPFactory(self.handler, self.cache),
-                                              interface=host, backlog=128)
+            self.tcp = self.reactor.listenTCP(
+                sock.getsockname()[1],
+                DNSTCPFactory(self.handler, self.cache, "tcp", querylog),
+                interface=host, backlog=128)
             if self.config.dot_addr:
                 from .dot import listen_tls  # only with -dot-addr: it imports pyOpenSSL
                 self.dot = listen_tls(self.reactor, self.config,
-                                      DNSTCPFactory(self.handler, self.cache))
+                                      DNSTCPFactory(self.handler, self.cache, "tls", querylog))
         log.info("skydns %s serving %s on %s:%d (%s), etcd %s", __version__,
                  self.config.domain, host, sock.getsockname()[1],
                  "udp, tcp" if tcp else "udp worker", ",".join(self.config.machines))

@@ -136,6 +136,7 @@ class UDPRelay:
         self.forwarder = forwarder
         self.metrics = metrics
         self.send = send
+        self.querylog = None               # a QueryLog (skydns.querylog) with -log-queries
         self.pools = {}                    # server -> [_RelaySocket] taking new queries
         self.retiring = {}                 # server -> {_RelaySocket} retired, queries on them
         self.in_flight = {}                # cache key -> _Query, until answered or failed
@@ -278,19 +279,22 @@ class UDPRelay:
             if len(out) > pending.limit:  # cut to header and question, TC set
                 out = self._bare(data, pending.qend, (out[2] << 8 | out[3]) | 0x0200)
                 self.metrics.error("truncated")
-            self._deliver(out, addr, started)
+            self._deliver(out, addr, started, data)
 
     def _bare(self, data, qend, flags):
         """Header and question only (the query had EDNS when anything follows them)."""
         return encoder.header_only(data, qend, flags, self.forwarder.config.max_udp_size
                                    if len(data) > qend else None)
 
-    def _deliver(self, out, addr, started):
-        self.metrics.observe("recursive", time.perf_counter() - started, len(out))
+    def _deliver(self, out, addr, started, data):
+        seconds = time.perf_counter() - started
+        self.metrics.observe("recursive", seconds, len(out))
         try:
             self.send(out, addr)
         except OSError:
             pass  # the send buffer is full: UDP may drop, the client retries
+        if self.querylog is not None:
+            self.querylog.record(addr, "udp", data, out, seconds)
 
     # -- timeouts and failures -------------------------------------------------------------
 
@@ -337,7 +341,7 @@ class UDPRelay:
         self.metrics.error("fail")
         for data, addr, started in pending.waiters:
             flags = 0x8000 | (data[2] << 8 & 0x0100) | 0x0080 | SERVFAIL
-            self._deliver(self._bare(data, pending.qend, flags), addr, started)
+            self._deliver(self._bare(data, pending.qend, flags), addr, started, data)
 
     def stop(self):
         if self._sweep_call is not None and self._sweep_call.active():

@@ -390,9 +390,12 @@ class UDPServer:
         self.pending.clear()
         self.sock.close()
 
+    querylog = None  # a QueryLog (skydns.querylog) with -log-queries
+
     def doRead(self):
         recvfrom = self.sock.recvfrom
         sendto = self.sock.sendto
+        qlog = self.querylog
         table = self.cache.table
         resolver = self.handler.resolver
         rindex = resolver.rcache.udp_index
@@ -407,6 +410,8 @@ class UDPServer:
                 break
             except OSError:
                 continue  # e.g. an ICMP error queued on the socket
+            if qlog is not None:
+                received = time.perf_counter()
             key = data[2:].lower()
             entry = table.get(key)
             if entry is None:
@@ -428,6 +433,8 @@ class UDPServer:
                         sendto(out, addr)
                     except OSError:
                         pass
+                    if qlog is not None:
+                        qlog.record(addr, "udp", data, out, time.perf_counter() - received)
                     continue
                 if len(pending) >= MAX_PENDING:
                     pending.popleft()
@@ -448,6 +455,8 @@ class UDPServer:
                 sendto(out, addr)
             except OSError:
                 pass  # send buffer full: UDP may drop, the client retries
+            if qlog is not None:
+                qlog.record(addr, "udp", data, out, time.perf_counter() - received)
         if served:
             self.metrics.observe_fast_batch(served, time.perf_counter() - started)
         if pending and self._drain_call is None:
@@ -469,6 +478,7 @@ class UDPServer:
             self._drain_call = self.reactor.callLater(0, self._drain)
 
     def _slow(self, data, addr):
+        started = time.perf_counter()
         try:
             out = self.handler.handle(data, tcp=False, addr=addr)
         except Exception:
@@ -477,18 +487,20 @@ class UDPServer:
         if out is None:
             return  # nothing to send, or the relay took the query
         if isinstance(out, (bytes, bytearray)):  # not isinstance(Deferred): ABCMeta, slow
-            self._send(out, addr)
+            self._send(out, addr, data, started)
         else:
-            out.addCallback(self._send, addr)
+            out.addCallback(self._send, addr, data, started)
             out.addErrback(lambda f: log.error("UDP reply to %s failed: %s", addr,
                                                f.getErrorMessage()))
 
-    def _send(self, out, addr):
+    def _send(self, out, addr, data, started):
         if out:
             try:
                 self.sock.sendto(out, addr)
             except OSError as exc:
                 log.debug("could not send to %s: %s", addr, exc)
+            if self.querylog is not None:
+                self.querylog.record(addr, "udp", data, out, time.perf_counter() - started)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -539,9 +551,11 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
         if self._closing:
             return
         self.resetTimeout()
+        started = time.perf_counter()
         cached = self.factory.cache.answer(data, tcp=True)
         if cached is not None:
             self.sendString(cached)
+            self._logged(data, cached, started)
             return
         try:
             out = self.factory.handler.handle(data, tcp=True)
@@ -553,16 +567,25 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
             self._in_flight += 1
             if self._in_flight >= TCP_MAX_IN_FLIGHT:
                 self._update()
-            out.addBoth(self._answered)
+            out.addBoth(self._answered, data, started)
         else:
             self._send(out)
+            self._logged(data, out, started)
 
-    def _answered(self, out):
+    def _logged(self, data, out, started):
+        querylog = self.factory.querylog
+        if querylog is not None and out:
+            peer = self.transport.getPeer()
+            querylog.record((peer.host, peer.port), self.factory.proto, data, out,
+                            time.perf_counter() - started)
+
+    def _answered(self, out, data, started):
         self._in_flight -= 1
         if isinstance(out, Failure):
             log.error("no TCP reply: %s", out.getErrorMessage())
         else:
             self._send(out)
+            self._logged(data, out, started)
         if not self._closing:
             self._update()
             if self._read_eof:
@@ -656,9 +679,11 @@ class DNSTCPFactory(protocol.ServerFactory):
     protocol = DNSTCPProtocol
     idle_timeout = TCP_IDLE_TIMEOUT  # seconds without a query before a connection is closed
 
-    def __init__(self, handler, cache):
+    def __init__(self, handler, cache, proto="tcp", querylog=None):
         self.handler = handler
         self.cache = cache
+        self.proto = proto          # as the query log names the transport
+        self.querylog = querylog    # a QueryLog (skydns.querylog) with -log-queries
 
 
 def bind_udp(host: str, port: int, reuse_port: bool = False) -> socket.socket:

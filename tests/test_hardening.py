@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import time
 
@@ -562,3 +563,76 @@ def test_resolved_stub_in_resolv_conf_is_replaced_by_its_servers(tmp_path):
 def test_only_upstreams_that_could_forward_back_are_probed(host, probed):
     from skydns.loop import may_loop
     assert may_loop(host) is probed
+
+
+# -- the query log -------------------------------------------------------------------------------
+
+QUERY_LINE = re.compile(
+    r'skydns\.query: 127\.0\.0\.1:(\d+) - (\d+) "(\S+) IN (\S+) (udp|tcp) (\d+) (true|false) '
+    r'(\d+)" (\S+) (\S+) (\d+) (\d+\.\d{6})s$')
+
+
+def query_lines(sky):
+    return [m.groups() for m in map(QUERY_LINE.search, sky.output().splitlines()) if m]
+
+
+def test_query_log_has_one_coredns_style_line_per_answer(etcd_client, start_skydns):
+    """Wire-cache hits, the general path, NXDOMAIN, forwarded (relayed) and TCP answers:
+    each one line with the client, ID, question, transport, sizes, rcode and flags."""
+    from test_operations import CountingUpstream
+    upstream = CountingUpstream()
+    try:
+        sky = start_skydns("-log-queries=1000", upstream=upstream.address)
+        put(etcd_client, f"logged.{D}", {"host": "10.4.0.5"})
+        wait_for(lambda: sky.query(f"logged.{D}").answer, what="record")
+        asked = []
+        for name, rdtype, tcp, edns in ((f"logged.{D}", "A", False, -1),
+                                        (f"logged.{D}", "A", False, -1),  # from the cache
+                                        (f"missing.{D}", "A", False, 0),
+                                        (f"logged.{D}", "A", True, -1),
+                                        ("www.example.com.", "A", False, -1)):
+            query = dns.message.make_query(name, rdtype, use_edns=edns)
+            reply = (dns.query.tcp if tcp else dns.query.udp)(query, "127.0.0.1",
+                                                               port=sky.port, timeout=3)
+            asked.append((query, reply, tcp))
+        lines = wait_for(lambda: (lambda got: got if len(got) >= 6 else None)(
+            query_lines(sky)), what="the query lines")
+        for query, reply, tcp in asked:
+            mine = [g for g in lines if int(g[1]) == query.id]
+            assert len(mine) == 1, (query.question, lines)
+            _, _, qtype, name, proto, size, do, bufsize, rcode, flags, rsize, _ = mine[0]
+            assert (qtype, name, proto) == ("A", query.question[0].name.to_text(),
+                                            "tcp" if tcp else "udp")
+            assert int(size) == len(query.to_wire()) and do == "false"
+            assert int(bufsize) == (query.payload if query.edns >= 0 else 512)
+            assert rcode == dns.rcode.to_text(reply.rcode())
+            assert int(rsize) == len(reply.to_wire())
+            assert flags.split(",")[0] == "qr" and ("aa" in flags) == bool(
+                reply.flags & dns.flags.AA)
+    finally:
+        upstream.close()
+
+
+def test_query_log_is_rate_limited_and_says_what_it_left_out(etcd_client, start_skydns):
+    sky = start_skydns("-log-queries=5")
+    put(etcd_client, f"many.{D}", {"host": "10.4.0.6"})
+    wait_for(lambda: sky.query(f"many.{D}").answer, what="record")
+    started = time.monotonic()
+    for _ in range(60):
+        sky.query(f"many.{D}")
+    time.sleep(max(0.0, 1.2 - (time.monotonic() - started)))
+    sky.query(f"many.{D}")  # the next second's first query reports the one before
+    logged = wait_for(lambda: log_count(sky, "queries not logged in the last second"),
+                      what="the left-out count")
+    assert logged >= 1
+    # at most 5 lines a second: the 62 queries took at most ~2 seconds here
+    assert len(query_lines(sky)) <= 5 * (int(time.monotonic() - started) + 2) < 62
+
+
+def test_no_query_lines_without_the_flag(etcd_client, start_skydns):
+    sky = start_skydns()
+    put(etcd_client, f"quiet.{D}", {"host": "10.4.0.7"})
+    wait_for(lambda: sky.query(f"quiet.{D}").answer, what="record")
+    for _ in range(3):
+        sky.query(f"quiet.{D}")
+    assert query_lines(sky) == []
