@@ -108,7 +108,8 @@ class App:
                  self.config.domain, host, sock.getsockname()[1],
                  "udp, tcp" if tcp else "udp worker", ",".join(self.config.machines))
         self.http = listen(self.reactor, self.config, self.health, self.metrics,
-                           alive=lambda: self.udp is not None and self.udp.sock.fileno() >= 0)
+                           alive=lambda: self.udp is not None and self.udp.sock.fileno() >= 0,
+                           resolver=self.resolver)
         self.sync.start()
         self._schedule_hourly()
         self.reactor.callWhenRunning(self.probe_loops)
@@ -218,6 +219,9 @@ def spawn_workers(argv, count):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["explain"]:
+        from .explain import command
+        return command(argv[1:])
     try:
         flags_config = from_args(argv)
     except ConfigError as exc:

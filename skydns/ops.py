@@ -1,5 +1,6 @@
 """Operational HTTP endpoints: ``/healthz`` (the old exechealthz sidecar, built in),
-``/readyz`` and ``/livez`` for probes, and Prometheus ``/metrics``.
+``/readyz`` and ``/livez`` for probes, Prometheus ``/metrics``, and ``/explain`` (why a
+name resolves as it does, see ``explain``).
 
 ``/healthz`` is 200 only when the records are loaded, the etcd watch is live and, when a
 self-query name is configured, the server answers that name over real UDP on its own
@@ -16,6 +17,7 @@ import dns.rdatatype
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web import resource, server
 
+from . import explain
 from .forward import exchange
 
 log = logging.getLogger("skydns.ops")
@@ -150,7 +152,46 @@ class MetricsResource(resource.Resource):
         return generate_latest(self.registry)
 
 
-def listen(reactor, config, health, metrics, alive=lambda: True):
+class ExplainResource(resource.Resource):
+    """``/explain?name=NAME&type=TYPE``: the explanation as JSON; 400 with the reason for
+    a name or type that cannot be asked."""
+
+    isLeaf = True
+
+    def __init__(self, resolver):
+        super().__init__()
+        self.resolver = resolver
+
+    def render_GET(self, request):
+        args = request.args
+        name = (args.get(b"name") or [b""])[0].decode("utf-8", "replace")
+        type_text = (args.get(b"type") or [b"A"])[0].decode("utf-8", "replace")
+        try:
+            qname, qtype = explain.parse_request(name, type_text)
+        except explain.ExplainError as exc:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return f"{exc}\n".encode()
+        d = explain.explain(self.resolver, qname, qtype)
+
+        def done(result):
+            if request.finished or request._disconnected:
+                return
+            request.setHeader(b"content-type", b"application/json")
+            request.write(explain.to_json(result))
+            request.finish()
+
+        def failed(failure):
+            log.error("/explain %s %s failed: %s", name, type_text, failure.getErrorMessage())
+            if not request.finished and not request._disconnected:
+                request.setResponseCode(500)
+                request.write(f"explain failed: {failure.getErrorMessage()}\n".encode())
+                request.finish()
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+
+def listen(reactor, config, health, metrics, alive=lambda: True, resolver=None):
     """Start the HTTP listeners; returns the ports (so tests and shutdown can stop them)."""
     sites = {}
     if config.healthz_port:
@@ -158,6 +199,8 @@ def listen(reactor, config, health, metrics, alive=lambda: True):
         root.putChild(b"healthz", HealthResource(health))
         root.putChild(b"livez", LiveResource(alive))
         root.putChild(b"readyz", ReadyResource(health, alive))
+        if resolver is not None:
+            root.putChild(b"explain", ExplainResource(resolver))
     if config.prometheus_port:
         root = sites.setdefault(config.prometheus_port, resource.Resource())
         path = config.prometheus_path.strip("/").encode() or b"metrics"
