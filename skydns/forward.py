@@ -54,6 +54,7 @@ from twisted.internet import defer, error, protocol
 from twisted.protocols.basic import Int16StringReceiver
 
 from .config import parse_hostport
+from .metrics import UpstreamMetrics
 from .rcache import question_key
 from .wire import question_end
 
@@ -396,6 +397,7 @@ class Forwarder:
         self.config = config
         self.clock = clock
         self.outstanding = 0  # forward() calls not finished yet
+        self.stats = UpstreamMetrics()  # per upstream, in CoreDNS's terms (coremetrics)
         self.down = {}        # (host, port) -> clock() of its next background probe
         self.pools = {}       # (host, port) -> _UDPPool, made on first use
         self._servers = []
@@ -429,6 +431,7 @@ class Forwarder:
         """Relay a query; fire with the reply's wire bytes carrying the original ID."""
         limit = self.config.max_concurrent
         if limit and self.outstanding >= limit:
+            self.stats.rejects += 1
             return defer.fail(Overloaded(f"{self.outstanding} upstream queries in flight"))
         self.outstanding += 1
         d = self._forward(wire, tcp, self.servers() if servers is None else servers,
@@ -460,10 +463,13 @@ class Forwarder:
             server = next(order, None)
             if server is None:
                 raise ForwardError("; ".join(failures))
+            self.stats.sent(server)
             return self._exchange(wire, server, tcp).addCallbacks(
-                answered, failed, callbackArgs=(server,), errbackArgs=(server,))
+                answered, failed, callbackArgs=(server, time.monotonic()),
+                errbackArgs=(server,))
 
-        def answered(reply, server):
+        def answered(reply, server, sent):
+            self.stats.answered(server, reply, time.monotonic() - sent)
             self._answered(server)
             return original_id + reply[2:]
 
@@ -500,6 +506,7 @@ class Forwarder:
         d.addCallbacks(lambda _: self._answered(server), lambda _: None)
 
     def _failed(self, server, exc):
+        self.stats.failed(server)
         if server not in self.down:
             log.warning("upstream %s:%d failed (%s): tried last until it answers again",
                         server[0], server[1], exc)

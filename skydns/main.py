@@ -13,6 +13,7 @@ import time
 from . import __version__
 from .authority import Authority
 from .config import ConfigError, apply_etcd_config, from_args
+from .coremetrics import CoreDNSCollector
 from .etcdsync import EtcdSync, bound_malloc_arenas, read_config_value
 from .forward import Forwarder
 from .loop import LoopProbe
@@ -68,6 +69,7 @@ class App:
         self.dot = None
         self.http = []
         m = self.metrics
+        m.collectors.append(CoreDNSCollector(m, self.cache, self.resolver, self.forwarder))
         m.gauge("skydns_records", "Records served from memory", lambda: self.store.count)
         m.gauge("skydns_skipped_records", "etcd values skipped as malformed",
                 lambda: len(self.store.bad))

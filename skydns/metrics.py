@@ -3,6 +3,12 @@
 The UDP hot path must not take a lock per query, so counting is plain integer arithmetic on
 lists owned by this module, and a custom prometheus_client collector turns them into
 metric families when /metrics is scraped.
+
+Every answer is also counted by what CoreDNS labels its metrics with (``coremetrics``):
+query type, rcode, whether it is a denial (NXDOMAIN or NODATA), transport and sizes. A
+prebuilt answer's slot is keyed by all of them (they are the same for every reply from
+one entry), so the hot path still adds to two integers per reply; the general path
+reads them off the query and reply bytes it has anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +24,28 @@ SYSTEMS = ("auth", "cache", "recursive", "reverse", "stub")
 DURATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SIZE_BUCKETS = (64, 128, 256, 512, 1024, 1500, 4096, 16384, 65535)
+# CoreDNS's own buckets (plugin/metrics/vars), so that its dashboards' quantiles read alike.
+CORE_DURATION_BUCKETS = tuple(0.00025 * 2 ** i for i in range(16))
+CORE_SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16000, 32000,
+                     48000, 64000)
+
+
+def answer_key(reply: bytes, query: bytes) -> tuple:
+    """(qtype, rcode, denial, query size) of a reply: what CoreDNS's metrics label an
+    answer with, beside its size. The question's name ends at its first zero byte (a
+    label holding a zero byte would mislabel only its own type)."""
+    end = query.find(b"\x00", 12)
+    qtype = int.from_bytes(query[end + 1:end + 3], "big") if end > 0 else 0
+    rcode = reply[3] & 0x0F if len(reply) > 3 else 2
+    return qtype, rcode, is_denial(reply), len(query)
+
+
+def is_denial(reply: bytes) -> bool:
+    """NXDOMAIN, or NOERROR without answers (NODATA): what caches call a denial."""
+    if len(reply) < 8:
+        return False
+    rcode = reply[3] & 0x0F
+    return rcode == 3 or (rcode == 0 and reply[6:8] == b"\x00\x00")
 
 
 class Histogram:
@@ -42,6 +70,55 @@ class Histogram:
         return out
 
 
+def upstream_label(server) -> str:
+    """(host, port) as CoreDNS's forward metrics name an upstream (``to``)."""
+    host, port = server
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class UpstreamMetrics:
+    """What CoreDNS's forward plugin counts, per upstream: queries sent, replies by rcode
+    and their round-trip times, failures (a timeout, a refusal, an error), and queries
+    refused because -max-concurrent were in flight."""
+
+    def __init__(self):
+        self.requests = collections.Counter()   # server -> queries sent
+        self.responses = collections.Counter()  # (server, rcode) -> replies
+        self.durations = {}                     # (server, rcode) -> Histogram
+        self.failures = collections.Counter()   # server -> failed queries
+        self.rejects = 0
+
+    def sent(self, server):
+        self.requests[server] += 1
+
+    def answered(self, server, reply: bytes, seconds: float):
+        key = (server, reply[3] & 0x0F if len(reply) > 3 else 2)
+        self.responses[key] += 1
+        histogram = self.durations.get(key)
+        if histogram is None:
+            histogram = self.durations[key] = Histogram(CORE_DURATION_BUCKETS)
+        histogram.observe(seconds)
+
+    def failed(self, server):
+        self.failures[server] += 1
+
+
+class AnswerStats:
+    """The general path's answers of one (system, proto, qtype, rcode, denial): how many,
+    their request and response sizes and durations, in CoreDNS's buckets."""
+
+    __slots__ = ("count", "request", "request_bytes", "response", "response_bytes",
+                 "duration")
+
+    def __init__(self):
+        self.count = 0
+        self.request = [0] * (len(CORE_SIZE_BUCKETS) + 1)
+        self.request_bytes = 0
+        self.response = [0] * (len(CORE_SIZE_BUCKETS) + 1)
+        self.response_bytes = 0
+        self.duration = Histogram(CORE_DURATION_BUCKETS)
+
+
 class Metrics:
     """Everything skydns counts; one instance per process."""
 
@@ -51,29 +128,69 @@ class Metrics:
         self.size = {s: Histogram(SIZE_BUCKETS) for s in SYSTEMS}
         self.errors = collections.Counter()
         self.cache_misses = collections.Counter()
-        # Fast-path slots: [count, bytes] per (system, size); the hot path adds to them.
+        # Fast-path slots: [count, bytes, of them over TCP] per (system, size, qtype,
+        # rcode, denial, query size); the hot path adds to the first two.
         self.fast_slots = {}
+        # The general path's answers by (system, proto, qtype, rcode, denial), with their
+        # sizes and durations in CoreDNS's buckets; the prebuilt answers' durations per
+        # (system, qtype) (see observe_fast_batch).
+        self.answers = {}
+        self.core_duration = {}
+        self.collectors = []  # more collectors for the same registry (coremetrics)
         self.gauges = {}  # name -> (help, callable returning a number)
         self.counters = {}  # name -> (help, label, callable returning {label value: count})
         self.signature_misses = None  # callable, set when DNSSEC is on
 
-    def slot(self, system: str, size: int) -> list:
-        """The counter pair that a prebuilt answer of this size and system adds to."""
-        key = (system, size)
+    def slot(self, system: str, reply: bytes, query: bytes) -> list:
+        """The counters that a prebuilt answer (``reply`` to ``query``) adds to."""
+        key = (system, len(reply)) + answer_key(reply, query)
         slot = self.fast_slots.get(key)
         if slot is None:
-            slot = self.fast_slots[key] = [0, 0]
+            slot = self.fast_slots[key] = [0, 0, 0]
         return slot
 
-    def observe(self, system, seconds, size):
+    def observe(self, system, seconds, reply: bytes, query: bytes = b"", proto="udp"):
+        """One answer of the general path (or a response-cache hit over TCP). Inlined: it
+        runs for every answer that is not prebuilt (a flood of unique names)."""
+        size = len(reply)
         self.requests[system] += 1
         self.duration[system].observe(seconds)
         self.size[system].observe(size)
+        end = query.find(b"\x00", 12)  # see answer_key
+        qtype = int.from_bytes(query[end + 1:end + 3], "big") if end > 0 else 0
+        key = (system, proto, qtype, reply[3] & 0x0F if size > 7 else 2, size > 7 and (
+            reply[3] & 0x0F == 3 or (reply[3] & 0x0F == 0 and reply[6:8] == b"\x00\x00")))
+        stats = self.answers.get(key)
+        if stats is None:
+            stats = self.answers[key] = AnswerStats()
+        stats.count += 1
+        bounds = CORE_SIZE_BUCKETS
+        stats.response[bisect.bisect_left(bounds, size)] += 1
+        stats.response_bytes += size
+        stats.request[bisect.bisect_left(bounds, len(query))] += 1
+        stats.request_bytes += len(query)
+        stats.duration.observe(seconds)
 
-    def observe_fast_batch(self, count, seconds):
-        """Duration of a batch of fast-path answers, booked as ``count`` equal queries."""
-        if count:
-            self.duration["auth"].observe(seconds / count, count)
+    def _core_duration(self, system, qtype) -> Histogram:
+        histogram = self.core_duration.get((system, qtype))
+        if histogram is None:
+            histogram = self.core_duration[system, qtype] = Histogram(CORE_DURATION_BUCKETS)
+        return histogram
+
+    def observe_tcp_hit(self, seconds, query: bytes):
+        """The time of a prebuilt answer sent over TCP (counted by its slot already)."""
+        self.duration["auth"].observe(seconds)
+        self._core_duration("auth", answer_key(b"", query)[0]).observe(seconds)
+
+    def observe_fast_batch(self, count, seconds, forwarded=0):
+        """Duration of a batch of prebuilt answers (``count`` from the wire cache,
+        ``forwarded`` from the response cache), booked as that many equal queries."""
+        each = seconds / (count + forwarded)
+        for system, n in (("auth", count), ("cache", forwarded)):
+            if n:
+                self.duration[system].observe(each, n)
+                # of no one query type (see coremetrics)
+                self._core_duration(system, None).observe(each, n)
 
     def error(self, cause):
         self.errors[cause] += 1
@@ -87,7 +204,7 @@ class Metrics:
     def _fast_totals(self):
         requests = dict.fromkeys(SYSTEMS, 0)
         sizes = {s: Histogram(SIZE_BUCKETS) for s in SYSTEMS}
-        for (system, size), (count, nbytes) in self.fast_slots.items():
+        for (system, size, *_), (count, nbytes, _) in self.fast_slots.items():
             if count:
                 requests[system] += count
                 sizes[system].counts[bisect.bisect_left(SIZE_BUCKETS, size)] += count
@@ -139,4 +256,6 @@ class Metrics:
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
+        for collector in self.collectors:
+            registry.register(collector)
         return registry

@@ -53,7 +53,7 @@ class _Query:
     """One upstream query and the clients waiting for it."""
 
     __slots__ = ("key", "name", "wire", "qend", "limit", "servers", "tried", "sock", "qid",
-                 "deadline", "done", "waiters", "question")
+                 "deadline", "done", "waiters", "question", "sent")
 
     def __init__(self, key, name, wire, qend, limit, servers):
         self.key = key            # rcache.cache_key: the question lower-cased after 10 bytes
@@ -66,6 +66,7 @@ class _Query:
         self.sock = None
         self.qid = 0
         self.deadline = 0.0
+        self.sent = 0.0           # when it went to the server it waits for
         self.done = False
         self.waiters = []         # (query bytes, address, started) of every client
         self.question = key[1][10:qend - 2]  # question_key(wire, qend), from the key
@@ -198,7 +199,8 @@ class UDPRelay:
                 continue
             ids[qid] = pending
             sock.sent += 1
-            pending.sock, pending.qid = sock, qid
+            self.forwarder.stats.sent(server)
+            pending.sock, pending.qid, pending.sent = sock, qid, now
             pending.deadline = now + self.forwarder.config.rtimeout
             if self._sweep_call is None:
                 self._sweep_call = self.reactor.callLater(SWEEP, self._sweep)
@@ -246,6 +248,7 @@ class UDPRelay:
         del sock.ids[qid]
         if sock.retired and not sock.ids:
             sock.close()
+        self.forwarder.stats.answered(sock.server, data, time.monotonic() - pending.sent)
         self.forwarder._answered(sock.server)
         reply = data[:3] + WITH_RA[data[3]] + data[4:]  # relayed with RA set
         if reply[2] & TC and pending.limit > 512:
@@ -288,7 +291,7 @@ class UDPRelay:
 
     def _deliver(self, out, addr, started, data):
         seconds = time.perf_counter() - started
-        self.metrics.observe("recursive", seconds, len(out))
+        self.metrics.observe("recursive", seconds, out, data)
         try:
             self.send(out, addr)
         except OSError:

@@ -87,7 +87,7 @@ class QueryHandler:
             if self.resolver.authority.in_domain(query.name):
                 encloser = self.resolver.missing_name(query)
                 if encloser is not None:
-                    return self._nxdomain(query, data, encloser, started)
+                    return self._nxdomain(query, data, encloser, started, tcp)
                 d = self.resolver.fast_query(query)
             else:
                 d = None  # forwarded, or a reverse name: the fast path has nothing for it
@@ -96,7 +96,7 @@ class QueryHandler:
                 key = cache_key(data, tcp, query.qend)
                 cached = self.resolver.cached_forward(data, tcp, key)
                 if cached is not None:
-                    return self._from_rcache(cached, started)
+                    return self._from_rcache(cached, started, data, tcp)
                 if addr is not None and self.relay is not None \
                         and self.resolver.forwardable(query):
                     limit = wirefmt.fast_udp_limit(query, self.config.max_udp_size)
@@ -113,7 +113,7 @@ class QueryHandler:
         else:
             cached = self.resolver.cached_forward(data, tcp)
             if cached is not None:  # a forwarded answer, found on the raw bytes
-                return self._from_rcache(cached, started)
+                return self._from_rcache(cached, started, data, tcp)
         try:
             request = dns.message.from_wire(data)
         except Exception as exc:
@@ -146,8 +146,9 @@ class QueryHandler:
         response.set_rcode(dns.rcode.SERVFAIL)
         return wirefmt.to_wire(response)
 
-    def _from_rcache(self, cached, started):
-        self.metrics.observe("cache", time.perf_counter() - started, len(cached))
+    def _from_rcache(self, cached, started, data, tcp):
+        self.metrics.observe("cache", time.perf_counter() - started, cached, data,
+                             "tcp" if tcp else "udp")
         return cached
 
     # -- the fast path: a Result encoded straight to bytes --------------------------------
@@ -159,7 +160,8 @@ class QueryHandler:
             out = self._encode(result, query, data, tcp)
         except Exception:
             return self._fast_error(query, data)
-        self.metrics.observe(result.system, time.perf_counter() - started, len(out))
+        self.metrics.observe(result.system, time.perf_counter() - started, out, data,
+                             "tcp" if tcp else "udp")
         if self.config.verbose:
             log.info("%s %s %s -> %s %d bytes (%s, fast path)", "tcp" if tcp else "udp",
                      query.name, dns.rdatatype.to_text(query.qtype),
@@ -187,14 +189,15 @@ class QueryHandler:
                     self.metrics.error("truncated")
         except Exception:
             return self._fast_error(query, data)
-        self.metrics.observe(reply.system, time.perf_counter() - started, len(out))
+        self.metrics.observe(reply.system, time.perf_counter() - started, out, data,
+                             "tcp" if tcp else "udp")
         if self.config.verbose:
             log.info("%s %s %s -> %s %d bytes (%s)", "tcp" if tcp else "udp", query.name,
                      dns.rdatatype.to_text(query.qtype), dns.rcode.to_text(out[3] & 0x0F),
                      len(out), reply.system)
         return out
 
-    def _nxdomain(self, query, data, encloser, started):
+    def _nxdomain(self, query, data, encloser, started, tcp=False):
         """NXDOMAIN for a name that does not exist, from a template: the SOA record after
         the question is the same bytes for every name of the same length and last labels
         (its names compress against the question), so it is rendered once per shape and
@@ -218,13 +221,14 @@ class QueryHandler:
         else:
             out = b"".join((data[:2], head, data[12:qend], tail))
         self.metrics.error("nxdomain")
-        self.metrics.observe("auth", time.perf_counter() - started, len(out))
+        self.metrics.observe("auth", time.perf_counter() - started, out, data,
+                             "tcp" if tcp else "udp")
         if self.config.verbose:
             log.info("%s %s -> NXDOMAIN %d bytes (auth, template)", query.name,
                      dns.rdatatype.to_text(query.qtype), len(out))
         if cache.seen_before(data):
             self.metrics.cache_misses["wire"] += 1
-            cache.insert(data, [out], (encloser,), self.metrics.slot("auth", len(out)),
+            cache.insert(data, [out], (encloser,), self.metrics.slot("auth", out, data),
                          negative=True)
         return out
 
@@ -282,7 +286,7 @@ class QueryHandler:
             responses.append(variant)
             complete = complete and whole
         self.metrics.cache_misses["wire"] += 1
-        slot = self.metrics.slot(result.system, len(out))
+        slot = self.metrics.slot(result.system, out, data)
         # Whole and within what this query may get over UDP: the same bytes for both.
         shared = complete and max(map(len, responses)) <= udp_limit
         negative = not result.answer
@@ -303,7 +307,8 @@ class QueryHandler:
             out = self._render(reply, request, data, tcp)
         except Exception:
             return self._internal_error(request)
-        self.metrics.observe(reply.system, time.perf_counter() - started, len(out))
+        self.metrics.observe(reply.system, time.perf_counter() - started, out, data,
+                             "tcp" if tcp else "udp")
         if self.config.verbose:
             q = request.question[0]
             log.info("%s %s %s -> %s %d bytes (%s)", "tcp" if tcp else "udp", q.name,
@@ -342,7 +347,7 @@ class QueryHandler:
             if any(len(r) > wirefmt.CACHEABLE_SIZE for r in responses):
                 return
         self.metrics.cache_misses["wire"] += 1
-        slot = self.metrics.slot(reply.system, len(out))
+        slot = self.metrics.slot(reply.system, out, data)
         self.cache.insert(data, responses, reply.deps, slot, negative=not message.answer)
 
 
@@ -401,7 +406,7 @@ class UDPServer:
         rindex = resolver.rcache.udp_index
         serve = resolver.serve_entry
         pending = self.pending
-        served = 0
+        served = forwarded_hits = 0
         started = time.perf_counter()
         for _ in range(BATCH):
             try:
@@ -426,9 +431,10 @@ class UDPServer:
                 if out is not None:
                     slot = forwarded.slot
                     if slot is None:  # its replies all have one size
-                        slot = forwarded.slot = self.metrics.slot("cache", len(out))
+                        slot = forwarded.slot = self.metrics.slot("cache", out, data)
                     slot[0] += 1
                     slot[1] += len(out)
+                    forwarded_hits += 1
                     try:
                         sendto(out, addr)
                     except OSError:
@@ -457,8 +463,9 @@ class UDPServer:
                 pass  # send buffer full: UDP may drop, the client retries
             if qlog is not None:
                 qlog.record(addr, "udp", data, out, time.perf_counter() - received)
-        if served:
-            self.metrics.observe_fast_batch(served, time.perf_counter() - started)
+        if served or forwarded_hits:
+            self.metrics.observe_fast_batch(served, time.perf_counter() - started,
+                                            forwarded_hits)
         if pending and self._drain_call is None:
             self._drain()
 
@@ -555,6 +562,7 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
         cached = self.factory.cache.answer(data, tcp=True)
         if cached is not None:
             self.sendString(cached)
+            self.factory.handler.metrics.observe_tcp_hit(time.perf_counter() - started, data)
             self._logged(data, cached, started)
             return
         try:

@@ -293,6 +293,7 @@ class WireCache:
         self.max_bytes = max_bytes
         self.bytes = 0      # the cost (see ``_cost``) of every entry held, each counted once
         self.evicted = 0    # entries that left to make room (not those a change dropped)
+        self.evicted_denials = 0  # of those, negative answers (NXDOMAIN, NODATA)
         self.table = {}
         self.tcp_table = {}
         self.negative = {}  # keys of negative answers, oldest first (an ordered set)
@@ -393,6 +394,8 @@ class WireCache:
         return False
 
     def _evict(self, table, key):
+        if key in self.negative:
+            self.evicted_denials += 1
         entry = table.pop(key)
         other = self._other(table).get(key)
         if other is not entry:
@@ -441,7 +444,8 @@ class WireCache:
         self.templates.clear()
 
     def answer(self, query: bytes, tcp: bool = False):
-        """The cached reply to ``query`` or None (the same logic the UDP reader inlines)."""
+        """The cached reply to ``query`` or None (the same logic the UDP reader inlines),
+        counted in the entry's metrics slot (and as TCP, over TCP)."""
         entry = (self.tcp_table if tcp else self.table).get(query[2:].lower())
         if entry is None:
             return None
@@ -450,4 +454,10 @@ class WireCache:
             i = entry[4] = (entry[4] + 1) % n
         else:
             i = 0
-        return query[:2] + entry[0] + query[12:entry[1]] + entry[2][i]
+        out = query[:2] + entry[0] + query[12:entry[1]] + entry[2][i]
+        slot = entry[5]
+        slot[0] += 1
+        slot[1] += len(out)
+        if tcp:
+            slot[2] += 1
+        return out

@@ -224,7 +224,7 @@ def cache_entry(cache, i, negative, deps):
     data = query_wire(f"n{i}.x.cluster.local.", "A", None)
     reply = bytearray(data)
     reply[2] |= 0x80
-    cache.insert(data, [bytes(reply)], deps, [0, 0], negative=negative)
+    cache.insert(data, [bytes(reply)], deps, [0, 0, 0], negative=negative)
     return data
 
 
@@ -258,7 +258,7 @@ def test_bytes_outside_the_name_never_collide_in_the_key():
     for query in (https, twin):
         reply = bytearray(query)
         reply[2] |= 0x80
-        cache.insert(query, [bytes(reply)], [("local", "cluster", "web")], [0, 0])
+        cache.insert(query, [bytes(reply)], [("local", "cluster", "web")], [0, 0, 0])
     assert cache.answer(https) is None and cache.answer(twin) is None
 
 

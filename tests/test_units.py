@@ -187,7 +187,7 @@ def test_wire_cache_keeps_client_case_and_id():
     cache = WireCache()
     first = query_wire("web.ns.svc.cluster.local.")
     cache.insert(first, [cached_reply(cache, first)], [("local", "cluster", "svc", "ns", "web")],
-                 [0, 0])
+                 [0, 0, 0])
     second = dns.message.make_query("WEB.ns.SVC.cluster.local.", "A")
     reply = dns.message.from_wire(cache.answer(second.to_wire()))
     assert reply.id == second.id
@@ -200,7 +200,7 @@ def test_wire_cache_invalidates_ancestors_only():
     for name, labels in (("web.ns.svc.cluster.local.", ("local", "cluster", "svc", "ns", "web")),
                          ("db.ns.svc.cluster.local.", ("local", "cluster", "svc", "ns", "db"))):
         q = query_wire(name)
-        cache.insert(q, [cached_reply(cache, q)], [labels], [0, 0])
+        cache.insert(q, [cached_reply(cache, q)], [labels], [0, 0, 0])
     cache.invalidate(("local", "cluster", "svc", "ns", "web", "leaf"))
     assert cache.answer(query_wire("web.ns.svc.cluster.local.")) is None
     assert cache.answer(query_wire("db.ns.svc.cluster.local.")) is not None
@@ -210,7 +210,7 @@ def test_wire_cache_is_bounded():
     cache = WireCache(max_entries=3)
     for i in range(10):
         q = query_wire(f"n{i}.x.")
-        cache.insert(q, [cached_reply(cache, q)], [("x", f"n{i}")], [0, 0])
+        cache.insert(q, [cached_reply(cache, q)], [("x", f"n{i}")], [0, 0, 0])
     assert len(cache) == 3
 
 
@@ -248,7 +248,7 @@ def test_wire_cache_keeps_to_its_byte_budget_through_any_mix_of_operations():
             query = query_wire(name)
             replies = [wide_reply(query, rng.choice((1, 5, 40)))] * rng.randint(1, 16)
             shared = rng.random() < 0.5
-            cache.insert(query, replies, [("x", name.split(".")[0])], [0, 0],
+            cache.insert(query, replies, [("x", name.split(".")[0])], [0, 0, 0],
                          tcp=rng.random() < 0.5, shared=shared, negative=rng.random() < 0.1)
             last = query, shared
         assert cache.bytes == counted_bytes(cache) <= cache.max_bytes, step
@@ -262,14 +262,14 @@ def test_wire_cache_byte_budget_evicts_oldest_first_and_refuses_what_cannot_fit(
     cache = WireCache(max_bytes=20000)
     queries = [query_wire(f"w{i}.x.") for i in range(40)]
     for i, query in enumerate(queries):
-        cache.insert(query, [wide_reply(query, 20)] * 4, [("x", f"w{i}")], [0, 0])
+        cache.insert(query, [wide_reply(query, 20)] * 4, [("x", f"w{i}")], [0, 0, 0])
     assert 0 < cache.bytes <= 20000 and cache.evicted > 0
     assert cache.answer(queries[-1]) is not None and cache.answer(queries[0]) is None
     huge = query_wire("huge.x.")
-    cache.insert(huge, [wide_reply(huge, 300)] * 16, [("x", "huge")], [0, 0])
+    cache.insert(huge, [wide_reply(huge, 300)] * 16, [("x", "huge")], [0, 0, 0])
     assert cache.answer(huge) is None and cache.answer(queries[-1]) is not None
     off = WireCache(max_bytes=0)  # -answer-cache-mb=0: nothing kept
-    off.insert(queries[0], [wide_reply(queries[0], 1)], [("x", "w0")], [0, 0])
+    off.insert(queries[0], [wide_reply(queries[0], 1)], [("x", "w0")], [0, 0, 0])
     assert len(off) == 0 and off.bytes == 0
 
 
@@ -297,8 +297,8 @@ def test_render_truncates_udp_and_servfails_tcp():
 def test_metrics_merge_fast_path_counts():
     from prometheus_client import generate_latest
     m = Metrics()
-    m.observe("auth", 0.001, 100)
-    slot = m.slot("auth", 80)
+    m.observe("auth", 0.001, bytes(100))
+    slot = m.slot("auth", bytes(80), bytes(30))
     slot[0] += 5
     slot[1] += 400
     m.error("nxdomain")
