@@ -38,7 +38,7 @@ class App:
         self.reactor = reactor
         self.config = config
         self.flags_config = flags_config or config
-        self.metrics = Metrics()
+        self.metrics = Metrics(coredns=bool(config.prometheus_port))
         self.store = RecordStore(config.path_prefix)
         self.cache = WireCache(max_bytes=config.answer_cache_mb * MIB)
         self.forwarder = Forwarder(reactor, config)
@@ -69,7 +69,9 @@ class App:
         self.dot = None
         self.http = []
         m = self.metrics
-        m.collectors.append(CoreDNSCollector(m, self.cache, self.resolver, self.forwarder))
+        if m.coredns:
+            m.collectors.append(CoreDNSCollector(m, self.cache, self.resolver,
+                                                 self.forwarder))
         m.gauge("skydns_records", "Records served from memory", lambda: self.store.count)
         m.gauge("skydns_skipped_records", "etcd values skipped as malformed",
                 lambda: len(self.store.bad))

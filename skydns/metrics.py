@@ -120,9 +120,12 @@ class AnswerStats:
 
 
 class Metrics:
-    """Everything skydns counts; one instance per process."""
+    """Everything skydns counts; one instance per process. ``coredns``: count each answer
+    of the general path by CoreDNS's labels too (1.6 us an answer); off when /metrics is
+    not served at all."""
 
-    def __init__(self):
+    def __init__(self, coredns: bool = True):
+        self.coredns = coredns
         self.requests = dict.fromkeys(SYSTEMS, 0)
         self.duration = {s: Histogram(DURATION_BUCKETS) for s in SYSTEMS}
         self.size = {s: Histogram(SIZE_BUCKETS) for s in SYSTEMS}
@@ -156,6 +159,8 @@ class Metrics:
         self.requests[system] += 1
         self.duration[system].observe(seconds)
         self.size[system].observe(size)
+        if not self.coredns:
+            return
         end = query.find(b"\x00", 12)  # see answer_key
         qtype = int.from_bytes(query[end + 1:end + 3], "big") if end > 0 else 0
         key = (system, proto, qtype, reply[3] & 0x0F if size > 7 else 2, size > 7 and (
