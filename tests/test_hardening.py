@@ -595,8 +595,11 @@ def test_query_log_has_one_coredns_style_line_per_answer(etcd_client, start_skyd
             reply = (dns.query.tcp if tcp else dns.query.udp)(query, "127.0.0.1",
                                                                port=sky.port, timeout=3)
             asked.append((query, reply, tcp))
-        lines = wait_for(lambda: (lambda got: got if len(got) >= 6 else None)(
-            query_lines(sky)), what="the query lines")
+        # A line is written just after its reply is sent: wait for every query's line
+        # (the lines of the start-up and record probes are there long before).
+        ids = {query.id for query, _, _ in asked}
+        lines = wait_for(lambda: (lambda got: got if ids <= {int(g[1]) for g in got}
+                                  else None)(query_lines(sky)), what="the query lines")
         for query, reply, tcp in asked:
             mine = [g for g in lines if int(g[1]) == query.id]
             assert len(mine) == 1, (query.question, lines)
