@@ -22,6 +22,7 @@ How skydns's parts map to CoreDNS's labels:
 
 from __future__ import annotations
 
+import collections
 import sys
 
 import dns.rcode
@@ -30,19 +31,16 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from . import __version__
-from .metrics import (CORE_DURATION_BUCKETS, CORE_SIZE_BUCKETS, Histogram, is_denial,
+from .metrics import (MONITORED_TYPES, core_durations, core_sizes, is_denial,
                       upstream_label)
 
-# Query types CoreDNS names in its labels (plugin/pkg/dnstest, vars.monitorType); others
-# are "other", which keeps the label's values few whatever clients ask.
-MONITORED_TYPES = frozenset(dns.rdatatype.from_text(t) for t in (
-    "A", "AAAA", "NS", "PTR", "SOA", "CNAME", "MX", "TXT", "SRV", "NAPTR", "DS", "DNSKEY",
-    "RRSIG", "NSEC", "NSEC3", "HINFO", "IXFR", "AXFR", "ANY", "CAA", "SVCB", "HTTPS"))
 PLUGIN_OF_SYSTEM = {"auth": "etcd", "reverse": "etcd", "cache": "cache",
                     "recursive": "forward", "stub": "forward"}
 
 
 def type_label(qtype) -> str:
+    """A counted query type as CoreDNS labels it (``metrics.question_type`` kept only the
+    types it names); None is the batch-timed prebuilt answers' (see above)."""
     if qtype is None:
         return "batch"
     return dns.rdatatype.to_text(qtype) if qtype in MONITORED_TYPES else "other"
@@ -85,46 +83,34 @@ class CoreDNSCollector:
         return self.config.domain_text if system == "auth" else "."
 
     def _answers(self):
-        """(system, proto, qtype, rcode, denial) -> count, the prebuilt answers included
-        (their system as ("prebuilt", system)), and per (zone, proto) the request and
-        response size histograms."""
+        """(system, prebuilt, proto, qtype, rcode, denial) -> count, and per (zone, proto)
+        the request and response size histograms, of the general path's answers and of
+        the prebuilt ones."""
         counts = {}
-        requests, responses = {}, {}
-
-        def histograms(zone, proto):
-            key = (zone, proto)
-            if key not in requests:
-                requests[key] = Histogram(CORE_SIZE_BUCKETS)
-                responses[key] = Histogram(CORE_SIZE_BUCKETS)
-            return requests[key], responses[key]
-        for key, stats in list(self.metrics.answers.items()):
-            counts[key] = stats.count
-            request, response = histograms(self.zone(key[0]), key[1])
-            request.counts = [a + b for a, b in zip(request.counts, stats.request)]
-            request.total += stats.request_bytes
-            response.counts = [a + b for a, b in zip(response.counts, stats.response)]
-            response.total += stats.response_bytes
-        for key, (count, nbytes, over_tcp) in list(self.metrics.fast_slots.items()):
-            if not count:
-                continue
+        requests = collections.defaultdict(core_sizes)
+        responses = collections.defaultdict(core_sizes)
+        for (system, proto, *labels), stats in list(self.metrics.answers.items()):
+            counts[(system, False, proto, *labels)] = stats.count
+            zone = self.zone(system)
+            requests[zone, proto].add(stats.request)
+            responses[zone, proto].add(stats.response)
+        for key, (count, _, over_tcp) in list(self.metrics.fast_slots.items()):
             system, size, qtype, rcode, denial, query_size = key
             for proto, n in (("udp", count - over_tcp), ("tcp", over_tcp)):
                 if n:
-                    key = (("prebuilt", system), proto, qtype, rcode, denial)
+                    key = (system, True, proto, qtype, rcode, denial)
                     counts[key] = counts.get(key, 0) + n
-                    request, response = histograms(self.zone(system), proto)
-                    response.observe(size, n)
-                    request.observe(query_size, n)
+                    responses[self.zone(system), proto].observe(size, n)
+                    requests[self.zone(system), proto].observe(query_size, n)
         return counts, requests, responses
 
     def _durations(self):
         """(zone, type label) -> Histogram of every answer's duration."""
-        merged = {}
+        merged = collections.defaultdict(core_durations)
         timed = [((system, qtype), stats.duration) for (system, _, qtype, _, _), stats
                  in list(self.metrics.answers.items())]
         for (system, qtype), histogram in timed + list(self.metrics.core_duration.items()):
-            key = (self.zone(system), type_label(qtype))
-            add(merged.setdefault(key, Histogram(CORE_DURATION_BUCKETS)), histogram)
+            merged[self.zone(system), type_label(qtype)].add(histogram)
         return merged
 
     def collect(self):
@@ -137,9 +123,7 @@ class CoreDNSCollector:
             "coredns_dns_responses", "Counter of response status codes.",
             labels=["server", "zone", "view", "rcode", "plugin"])
         by_request, by_response = {}, {}
-        for (system, proto, qtype, rcode, _), count in counts.items():
-            prebuilt = isinstance(system, tuple)
-            system = system[1] if prebuilt else system
+        for (system, prebuilt, proto, qtype, rcode, _), count in counts.items():
             zone = self.zone(system)
             key = (zone, proto, type_label(qtype))
             by_request[key] = by_request.get(key, 0) + count
@@ -201,11 +185,11 @@ class CoreDNSCollector:
         hits = CounterMetricFamily("coredns_cache_hits", "The count of cache hits.",
                                    labels=["server", "type", "zones", "view"])
         by_kind = {}
-        for (system, _, _, _, denial), count in counts.items():
-            if isinstance(system, tuple):  # prebuilt: the wire cache, or the response cache
-                zones = "." if system[1] == "cache" else self.zone(system[1])
-            elif system == "cache":          # a response-cache hit on the general path
+        for (system, prebuilt, _, _, _, denial), count in counts.items():
+            if system == "cache":  # the response cache (UDP reader or general path)
                 zones = "."
+            elif prebuilt:         # the wire cache
+                zones = self.zone(system)
             else:
                 continue
             key = ("denial" if denial else "success", zones)
@@ -261,7 +245,3 @@ class CoreDNSCollector:
         rejects.add_metric([], stats.rejects)
         yield rejects
 
-
-def add(into: Histogram, other: Histogram):
-    into.counts = [a + b for a, b in zip(into.counts, other.counts)]
-    into.total += other.total

@@ -25,6 +25,7 @@ from twisted.internet import defer
 
 from .authority import (WILDCARDS, Authority, Result, attribute_name, labels_of,
                         name_text)
+from .record import labels_to_name
 from .resolver import REVERSE_ZONES
 
 T = dns.rdatatype
@@ -40,10 +41,6 @@ def record_value(record) -> dict:
     """A record's SkyDNS fields that are set, in the order of the format's documentation."""
     value = {field: getattr(record, field) for field in FIELDS if getattr(record, field)}
     return value or {"host": ""}
-
-
-def labels_name(labels) -> str:
-    return ".".join(reversed(labels)) + "." if labels else "."
 
 
 class ExplainingAuthority(Authority):
@@ -63,7 +60,7 @@ class ExplainingAuthority(Authority):
         """What one lookup of the records at and below ``labels`` read, and why each
         record was kept or left out."""
         wildcard = any(label in WILDCARDS for label in labels)
-        step = {"rule": "wildcard" if wildcard else "subdomain", "name": labels_name(labels),
+        step = {"rule": "wildcard" if wildcard else "subdomain", "name": labels_to_name(labels),
                 "key": self.store.key_of(labels)}
         if chosen is None:
             step["found"] = False
@@ -82,9 +79,9 @@ class ExplainingAuthority(Authority):
                 if record.lease:
                     entry["lease_seconds_left"] = self.store.remaining_lease(record.lease)
                 where = ("at the name" if not rel else
-                         f"below the name ({labels_name(found_labels + rel)})")
+                         f"below the name ({labels_to_name(found_labels + rel)})")
                 if wildcard:
-                    where += f", matched by the wildcard as {labels_name(found_labels)}"
+                    where += f", matched by the wildcard as {labels_to_name(found_labels)}"
                 if record.key in used:
                     entry.update(used=True, why=where)
                 elif not srv and attribute_name(rel):
@@ -127,31 +124,26 @@ class ExplainingAuthority(Authority):
         return found
 
     def cname_records(self, qname, labels, result):
-        node = self.store.node(labels)
-        step = {"rule": "exact key", "name": qname, "key": self.store.key_of(labels),
-                "why": "a CNAME query reads the name's own key only"}
-        record = self.store.record_at(node, labels) if node else None
-        if record is not None:
-            step["records"] = [{"key": record.key, "value": record_value(record),
-                                "used": record.target is not None,
-                                "why": "a name host" if record.target is not None
-                                else "not a name host: no CNAME"}]
-        else:
-            step["found"] = node is not None
-        self.steps.append(step)
+        self.exact_step(qname, labels, "a CNAME query reads the name's own key only")
         return super().cname_records(qname, labels, result)
 
     def ptr_record(self, qname, labels, result):
-        record = self.store.exact(labels)
-        step = {"rule": "exact key", "name": qname, "key": self.store.key_of(labels),
-                "why": "a reverse name reads its own key only; its host is the PTR target"}
-        if record is not None:
-            step["records"] = [{"key": record.key, "value": record_value(record),
-                                "used": record.target is not None}]
-        else:
-            step["found"] = False
-        self.steps.append(step)
+        self.exact_step(qname, labels, "a reverse name reads its own key only; its host is "
+                                       "the PTR target")
         return super().ptr_record(qname, labels, result)
+
+    def exact_step(self, qname, labels, why):
+        """A lookup of one key, whose record answers only with a name host."""
+        node = self.store.node(labels)
+        step = {"rule": "exact key", "name": qname, "key": self.store.key_of(labels),
+                "why": why, "found": node is not None}
+        record = self.store.record_at(node, labels) if node else None
+        if record is not None:
+            used = record.target is not None
+            step["records"] = [{"key": record.key, "value": record_value(record),
+                                "used": used,
+                                "why": "a name host" if used else "not a name host"}]
+        self.steps.append(step)
 
 
 def parse_request(name: str, type_text: str):

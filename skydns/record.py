@@ -14,8 +14,8 @@ import dns.name
 
 __all__ = [
     "Record", "RecordError", "parse_record", "name_to_key", "key_to_name", "key_labels",
-    "name_labels", "fnv1a32_label", "encode_record", "encode_text", "leaf_key",
-    "plain_value", "plain_record",
+    "name_labels", "labels_to_name", "fnv1a32_label", "encode_record", "encode_text",
+    "leaf_key", "plain_value", "plain_record",
 ]
 
 # Keys of the JSON object and the Python types they must have. bool is checked separately
@@ -288,7 +288,7 @@ def _check_key(key: str, labels: list[str] | None):
     if labels is None:
         labels = key_labels(key)
     try:
-        dns.name.from_text(".".join(reversed(labels)) + ".")
+        dns.name.from_text(labels_to_name(labels))
     except Exception as exc:  # dnspython has several error types for bad names
         raise RecordError(f"key is not a valid DNS name ({exc.__class__.__name__}: "
                           f"{_first_words(exc)})", "key") from None
@@ -320,9 +320,15 @@ def key_labels(key: str, prefix: str = "skydns") -> list[str]:
     return [p for p in parts if p]
 
 
+def labels_to_name(labels) -> str:
+    """Key labels (root-most first) -> the absolute name they spell: ``("local", "b")`` ->
+    ``b.local.``; none -> ``.``."""
+    return ".".join(reversed(labels)) + "."
+
+
 def key_to_name(key: str, prefix: str = "skydns") -> str:
     """``/skydns/local/skydns/b/a`` -> ``a.b.skydns.local.``."""
-    return ".".join(reversed(key_labels(key, prefix))) + "."
+    return labels_to_name(key_labels(key, prefix))
 
 
 def leaf_key(name: str, label: str, prefix: str = "skydns") -> str:

@@ -31,6 +31,7 @@ from . import wire as wirefmt
 from .authority import Result, hourly_serial, labels_of, name_text
 from .forward import ForwardError, Overloaded, random16
 from .rcache import ResponseCache, cache_key, personalize, relayed
+from .record import labels_to_name
 
 log = logging.getLogger("skydns.resolver")
 
@@ -154,7 +155,7 @@ class Resolver:
             for rel, record in subtree:
                 if len(rel) < 2 or record.ip is None:
                     continue
-                zone = dns.name.from_text(".".join(reversed(rel[:-1])) + ".")
+                zone = dns.name.from_text(labels_to_name(rel[:-1]))
                 stubs.setdefault(zone, []).append((str(record.ip), record.port or 53))
             self._stubs = stubs
         return self._stubs

@@ -147,8 +147,7 @@ class QueryHandler:
         return wirefmt.to_wire(response)
 
     def _from_rcache(self, cached, started, data, tcp):
-        self.metrics.observe("cache", time.perf_counter() - started, cached, data,
-                             "tcp" if tcp else "udp")
+        self.metrics.observe("cache", time.perf_counter() - started, cached, data, tcp)
         return cached
 
     # -- the fast path: a Result encoded straight to bytes --------------------------------
@@ -160,8 +159,8 @@ class QueryHandler:
             out = self._encode(result, query, data, tcp)
         except Exception:
             return self._fast_error(query, data)
-        self.metrics.observe(result.system, time.perf_counter() - started, out, data,
-                             "tcp" if tcp else "udp")
+        self.metrics.observe(result.system, time.perf_counter() - started, out, data, tcp,
+                             query.qtype)
         if self.config.verbose:
             log.info("%s %s %s -> %s %d bytes (%s, fast path)", "tcp" if tcp else "udp",
                      query.name, dns.rdatatype.to_text(query.qtype),
@@ -189,15 +188,15 @@ class QueryHandler:
                     self.metrics.error("truncated")
         except Exception:
             return self._fast_error(query, data)
-        self.metrics.observe(reply.system, time.perf_counter() - started, out, data,
-                             "tcp" if tcp else "udp")
+        self.metrics.observe(reply.system, time.perf_counter() - started, out, data, tcp,
+                             query.qtype)
         if self.config.verbose:
             log.info("%s %s %s -> %s %d bytes (%s)", "tcp" if tcp else "udp", query.name,
                      dns.rdatatype.to_text(query.qtype), dns.rcode.to_text(out[3] & 0x0F),
                      len(out), reply.system)
         return out
 
-    def _nxdomain(self, query, data, encloser, started, tcp=False):
+    def _nxdomain(self, query, data, encloser, started, tcp):
         """NXDOMAIN for a name that does not exist, from a template: the SOA record after
         the question is the same bytes for every name of the same length and last labels
         (its names compress against the question), so it is rendered once per shape and
@@ -221,8 +220,8 @@ class QueryHandler:
         else:
             out = b"".join((data[:2], head, data[12:qend], tail))
         self.metrics.error("nxdomain")
-        self.metrics.observe("auth", time.perf_counter() - started, out, data,
-                             "tcp" if tcp else "udp")
+        self.metrics.observe("auth", time.perf_counter() - started, out, data, tcp,
+                             query.qtype)
         if self.config.verbose:
             log.info("%s %s -> NXDOMAIN %d bytes (auth, template)", query.name,
                      dns.rdatatype.to_text(query.qtype), len(out))
@@ -307,8 +306,7 @@ class QueryHandler:
             out = self._render(reply, request, data, tcp)
         except Exception:
             return self._internal_error(request)
-        self.metrics.observe(reply.system, time.perf_counter() - started, out, data,
-                             "tcp" if tcp else "udp")
+        self.metrics.observe(reply.system, time.perf_counter() - started, out, data, tcp)
         if self.config.verbose:
             q = request.question[0]
             log.info("%s %s %s -> %s %d bytes (%s)", "tcp" if tcp else "udp", q.name,

@@ -182,9 +182,20 @@ def test_the_general_path_counts_sizes_in_coredns_buckets():
     metrics = Metrics()
     query = query_bytes("x.cluster.local.", "A")
     reply = query[:2] + b"\x85\x80" + query[4:6] + b"\x00\x01" + query[8:] + bytes(150)
-    metrics.observe("auth", 0.0003, reply, query, "tcp")
+    metrics.observe("auth", 0.0003, reply, query, tcp=True)
     (key, stats), = metrics.answers.items()
     assert key == ("auth", "tcp", 1, 0, False)
-    assert stats.count == 1 and stats.response_bytes == len(reply)
-    assert stats.response[2] == 1  # 100 < size <= 200
-    assert stats.request[1] == 1 and stats.request_bytes == len(query)  # 0 < size <= 100
+    assert stats.count == 1 and stats.response.total == len(reply)
+    assert stats.response.counts[2] == 1  # 100 < size <= 200
+    assert stats.request.counts[1] == 1 and stats.request.total == len(query)  # 0 < size <= 100
+
+
+def test_unnamed_query_types_share_one_counter():
+    """A client asking for every type number must not grow the counters: types CoreDNS
+    does not name are counted as one ("other")."""
+    metrics = Metrics()
+    for rdtype in range(1000, 3000):
+        query = query_bytes("x.cluster.local.", rdtype)
+        metrics.observe("auth", 0.0001, query[:2] + b"\x85\x83" + query[4:], query)
+    (key, stats), = metrics.answers.items()
+    assert stats.count == 2000 and coremetrics.type_label(key[2]) == "other"
