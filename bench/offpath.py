@@ -6,6 +6,10 @@ Loads (each one row: skydns figures, dnsmasq figures, the ratio, the issue's tar
 * ``hits``: repeated A queries for the N existing names (as dnsperf_vs_dnsmasq.py).
 * ``ndots``: what pods with ``ndots:5`` send for service names (A+AAAA down the search path,
   stopping at the first answer): NXDOMAINs, hits and NODATAs, asked repeatedly.
+* ``autopath``: the ndots mix's lookups from a pod that skydns knows (``-autopath``, a pod
+  record for 127.0.0.1 in the mix's namespace): only each lookup's first name is sent, and
+  skydns walks the rest; dnsmasq gets the whole ndots mix. Compared in lookups a second
+  (one name and type resolved), since the two send different numbers of queries for one.
 * ``misses``: unique nonexistent names in the zone, each asked once.
 * ``fwd-cached``: 1,000 external names asked repeatedly, forwarded to an upstream dnsmasq
   (TTL 300); skydns with ``-rcache 10000``, against a caching dnsmasq forwarder.
@@ -189,7 +193,7 @@ import dns.query  # noqa: E402
 import dns.rcode  # noqa: E402
 import dns.rdatatype  # noqa: E402
 
-LOADS = ("hits", "ndots", "misses", "fwd-cached", "fwd-uncached", "probe-misses", "probe-wide")
+LOADS = ("hits", "ndots", "autopath", "misses", "fwd-cached", "fwd-uncached", "probe-misses", "probe-wide")
 UPSTREAM_ADDR = "10.9.9.9"
 EXT = "ext.test."
 POD_NS = "app"                      # the namespace of the pod sending the ndots mix
@@ -199,12 +203,14 @@ EDNS_PAYLOAD = 1232
 WIDE_DRAIN = 2.0                     # seconds the wide sender waits for late replies
 TARGETS = {                          # from issue 8
     "hits": ("ratio", 0.8), "ndots": ("ratio", 0.8), "misses": ("ratio", 0.3),
+    "autopath": ("lookups", None),  # (issue 12 asks for the figures, sets no target)
     "fwd-cached": ("ratio", 0.7), "fwd-uncached": ("ratio", 0.5),
     "probe-misses": ("probe", (None, 10.0)), "probe-wide": ("probe", (1.0, 50.0)),
 }
 TITLES = {
     "hits": "hits (existing names, repeated)",
     "ndots": "ndots:5 mix",
+    "autopath": "ndots:5 lookups, skydns -autopath",
     "misses": "unique misses",
     "fwd-cached": "forwarded, cached",
     "fwd-uncached": "forwarded, uncached",
@@ -228,6 +234,13 @@ def describe(load: str, a) -> str:
                  f"(NXDOMAIN), svcN.bench.svc.cluster.local (A hit, AAAA NODATA), and for "
                  f"svcN.bench.svc: .{POD_NS}.svc.cluster.local, .svc.cluster.local (NXDOMAIN),"
                  f" .cluster.local (hit, NODATA): 60% NXDOMAIN; {local}",
+        "autopath": f"the ndots mix's {4 * a.names} lookups (name and type); skydns "
+                    f"-autopath -autopath-search= with a pod record for {LOOPBACK} in "
+                    f"{POD_NS} gets each lookup's first name only (A+AAAA for "
+                    f"svcN.bench.{POD_NS}.svc.cluster.local and svcN.bench.svc.{POD_NS}.svc"
+                    f".cluster.local: a CNAME to svcN.bench.svc.cluster.local and its A, or "
+                    f"NODATA); dnsmasq the whole ndots mix ({local}); lookups/s = qps x "
+                    f"lookups per query (1 and {NDOTS_LOOKUPS_PER_QUERY:g})",
         "misses": f"dnsperf -n 1 through a file of unique uHEXxTAG.bench.svc.cluster.local "
                   f"A, new per run; {local}",
         "fwd-cached": f"dnsperf cycles {a.ext_names} names eN.{EXT} A; skydns -rcache=10000 "
@@ -268,6 +281,37 @@ def ndots_mix(i: int) -> list[tuple[str, str]]:
         for name in cands:
             out += [(name, "A"), (name, "AAAA")]
     return out
+
+
+# Lookups (one name and type resolved) per query of the ndots mix: 4 of its 10 queries per
+# service end one (the answers and the NODATAs); with autopath every query ends one.
+NDOTS_LOOKUPS_PER_QUERY = 0.4
+POD_RECORD = f"/skydns/local/cluster/pod/{POD_NS}/127-0-0-1/bench"
+
+
+def autopath_mix(i: int) -> list[tuple[str, str]]:
+    """What the pod of ``ndots_mix`` sends when skydns walks its search path: each lookup's
+    first name, A and AAAA."""
+    return [(name, rdtype) for name in (f"svc{i}.bench.{POD_NS}.svc.cluster.local.",
+                                        f"svc{i}.bench.svc.{POD_NS}.svc.cluster.local.")
+            for rdtype in ("A", "AAAA")]
+
+
+def pod_record(etcd_port: int, skydns_dir: Path, present: bool) -> None:
+    """Put (or delete) the record that makes 127.0.0.1, where dnsperf sends from, a pod of
+    namespace POD_NS for skydns's autopath."""
+    sys.path.insert(0, str(skydns_dir))
+    import etcd3
+    from skydns.record import encode_record
+
+    client = etcd3.client(host=LOOPBACK, port=etcd_port, timeout=30)
+    try:
+        if present:
+            client.put(POD_RECORD, encode_record(LOOPBACK))
+        else:
+            client.delete(POD_RECORD)
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- records, servers
@@ -451,7 +495,7 @@ def rcode_check(load: str, r: dict, server: str) -> tuple[float, str | None]:
     rc = r["rcodes"]
     done = r["completed"] or 1
     noerr, nx = rc.get("NOERROR", 0), rc.get("NXDOMAIN", 0)
-    if load == "ndots":
+    if load == "ndots" or (load == "autopath" and server == "dnsmasq"):
         ok = 100.0 * (noerr + nx) / done
         nx_share = 100.0 * nx / done
         if not 50 <= nx_share <= 70:
@@ -512,6 +556,9 @@ class Bench:
         self.cyclic["ndots"] = self.tmp / "ndots.txt"
         write_lines(self.cyclic["ndots"], (f"{n} {t}\n" for i in range(a.names)
                                            for n, t in ndots_mix(i)))
+        self.cyclic["autopath"] = self.tmp / "autopath.txt"
+        write_lines(self.cyclic["autopath"], (f"{n} {t}\n" for i in range(a.names)
+                                              for n, t in autopath_mix(i)))
         self.cyclic["fwd-cached"] = self.tmp / "fwd-cached.txt"
         write_lines(self.cyclic["fwd-cached"],
                     (f"{ext_name(i)} A\n" for i in range(a.ext_names)))
@@ -520,6 +567,9 @@ class Bench:
     def servers_for(self, load: str) -> dict[str, tuple[Proc, int]]:
         a = self.args
         sky_extra = ["-rcache=10000"] if load == "fwd-cached" else []
+        if load == "autopath":
+            sky_extra = ["-autopath", "-autopath-search="]
+            pod_record(self.etcd_port, a.skydns_dir, True)
         local = [f"--addn-hosts={self.hosts}", "--local=/cluster.local/", "--local-ttl=30",
                  "--cache-size=10000"]
         if load == "hits":
@@ -555,7 +605,15 @@ class Bench:
             for i in sorted({0, mid, a.names - 1}):
                 expect_answer(port, name_for(i), ip_for(i))
         checked = "existing names answer their address"
-        if load == "ndots":
+        if load == "autopath" and server == "skydns":
+            for name, rdtype in autopath_mix(mid):
+                r = query(port, name, rdtype)
+                want = [dns.rdatatype.CNAME, dns.rdatatype.A] if rdtype == "A" else []
+                if r.rcode() != dns.rcode.NOERROR or [x.rdtype for x in r.answer] != want:
+                    raise BenchError(f"autopath {name} {rdtype}: "
+                                     f"{dns.rcode.to_text(r.rcode())} {r.answer}")
+            return checked + "; autopath answers CNAME + A (and NODATA for AAAA)"
+        if load in ("ndots", "autopath"):
             for name, rdtype in ndots_mix(mid):
                 if name == name_for(mid):
                     if rdtype == "AAAA":
@@ -601,7 +659,8 @@ class Bench:
         extra: tuple = ()
         own = None
         if load in self.cyclic:
-            qfile = self.cyclic[load]
+            qfile = self.cyclic["ndots" if load == "autopath" and server == "dnsmasq"
+                                else load]
         else:
             extra = ("-n", "1")
             if qfile is None:
@@ -614,6 +673,9 @@ class Bench:
         finally:
             if own is not None:
                 own.unlink()
+        if load == "autopath":
+            r["lookups_per_s"] = r["qps"] * (1 if server == "skydns"
+                                             else NDOTS_LOOKUPS_PER_QUERY)
         r["vmrss_kib"] = vm_rss_kib(proc.pid)
         r["vmrss_growth_kib"] = (r["vmrss_kib"] or 0) - (rss0 or 0)
         if lines is not None and r["sent"] >= lines and own is None:
@@ -626,7 +688,7 @@ class Bench:
     def run_once(self, load: str, server: str, proc: Proc, port: int, seconds: float,
                  qfile: Path | None, lines: int | None) -> dict:
         a = self.args
-        if load in ("hits", "ndots", "fwd-cached"):
+        if load in ("hits", "ndots", "autopath", "fwd-cached"):
             return self.dnsperf_run(load, server, proc, port, seconds)
         if load in ("misses", "fwd-uncached"):
             return self.dnsperf_run(load, server, proc, port, seconds, qfile, lines)
@@ -730,6 +792,8 @@ class Bench:
             for proc, _ in servers.values():
                 proc.stop()
                 self.procs.remove(proc)
+            if load == "autopath" and "skydns" in servers:
+                pod_record(self.etcd_port, a.skydns_dir, False)
 
 
 def median_of(rs: list[dict]) -> dict:
@@ -759,7 +823,8 @@ def short(load: str, r: dict) -> str:
             s += (f", {r['cpu_s_per_wide']:.3g} CPU-s/wide query, wide p50 "
                   f"{ms(r['wide_p50_ms'], 1000 * WIDE_DRAIN)} ms")
         return s
-    return f"{kqps(r['qps'])} qps, {r['avg_latency_s'] * 1000:.2f} ms avg"
+    lookups = (f", {kqps(r['lookups_per_s'])} lookups/s" if "lookups_per_s" in r else "")
+    return f"{kqps(r['qps'])} qps{lookups}, {r['avg_latency_s'] * 1000:.2f} ms avg"
 
 
 def cell(load: str, m: dict) -> str:
@@ -770,12 +835,19 @@ def cell(load: str, m: dict) -> str:
         if load == "probe-misses":
             return s + f" (flood {kqps(m['flood_qps'])} qps)"
         return s + f"; {m['cpu_s_per_wide']:.3g} CPU-s/wide q"
+    if "lookups_per_s" in m:
+        return f"{kqps(m['lookups_per_s'])} lookups/s ({kqps(m['qps'])} qps)"
     return f"{kqps(m['qps'])} qps, {ms(m['avg_latency_s'] * 1000)} ms"
 
 
 def ratio_and_target(load: str, med: dict) -> tuple[str, str]:
     kind, target = TARGETS[load]
     sky, ref = med.get("skydns"), med.get("dnsmasq")
+    if kind == "lookups":
+        if sky and ref and ref["lookups_per_s"] > 0:
+            return f"{sky['lookups_per_s'] / ref['lookups_per_s']:.2f} (lookups/s)", \
+                "none set"
+        return "-", "none set"
     if kind == "ratio":
         txt = f"≥ {target:.1f}x"
         if sky and ref and ref["qps"] > 0:

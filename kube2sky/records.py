@@ -13,8 +13,8 @@ import json
 import re
 import sys
 
-from skydns.record import (Fnv1a32Tail, dashed_ip, encode_record, encode_text, fnv1a32,
-                           fnv1a32_label, name_to_key)
+from skydns.record import (HOST_NETWORK_LABEL, Fnv1a32Tail, dashed_ip, encode_record,
+                           encode_text, fnv1a32, fnv1a32_label, name_to_key)
 
 HOSTNAMES_ANNOTATION = "endpoints.beta.kubernetes.io/hostnames-map"
 SCHEMA_VERSION = "1.1.0"
@@ -373,6 +373,8 @@ def pod_records(layout: Layout, pod: dict):
     ips = [entry.get("ip") for entry in status.get("podIPs") or [] if isinstance(entry, dict)]
     if not ips and status.get("podIP"):
         ips = [status["podIP"]]
+    spec = pod.get("spec")
+    host_network = isinstance(spec, dict) and spec.get("hostNetwork") is True
     records, problems = {}, []
     for text in ips:
         ip = _ip(text)
@@ -380,5 +382,7 @@ def pod_records(layout: Layout, pod: dict):
             problems.append(f"pod {namespace}/{name}: bad IP {text!r}")
             continue
         label, value = address_leaf(layout, ip)
+        if host_network:  # its node's IP: marked so autopath never takes it for this pod
+            label = HOST_NETWORK_LABEL
         records[f"{layout.base}/pod/{namespace}/{pod_label(ip)}/{label}"] = value
     return records, problems

@@ -41,6 +41,8 @@ PORT_FIELDS = ("name", "port", "protocol")
 ENDPOINT_FIELDS = ("addresses", "hostname")
 POD_STATUS = ("podIP", "podIPs")
 NOT_READY = {"ready": False}  # shared by every not-ready endpoint (never changed)
+POD_SPEC = ("hostNetwork",)
+HOST_NETWORK = {"hostNetwork": True}  # shared by every hostNetwork pod (never changed)
 
 
 def slim(obj: dict) -> dict:
@@ -99,7 +101,10 @@ def slim_pod(obj: dict) -> dict:
     pod_ips = status.get("podIPs")
     if pod_ips is not None and pod_ips != [{"ip": kept["podIP"]}]:  # the usual pod says
         kept["podIPs"] = pod_ips                                     # its one IP twice
-    return {"metadata": {"namespace": ns, "name": name}, "status": kept}
+    slimmed = {"metadata": {"namespace": ns, "name": name}, "status": kept}
+    if _mapping(obj.get("spec")).get("hostNetwork") is True:  # its record is marked so
+        slimmed["spec"] = HOST_NETWORK                         # (records.pod_records)
+    return slimmed
 
 
 # -- the same fields as msgspec schemas ---------------------------------------------------
@@ -125,7 +130,8 @@ _OBJECT = _schema(  # a Service, Endpoints or EndpointSlice: what ``slim`` keeps
                            conditions=_schema("_Conditions", ("ready",)))])
 _POD = _schema("_Pod", metadata=_schema("_PodMetadata", ("namespace", "name")
                                         + _RESOURCE_VERSION),
-               status=_schema("_PodStatus", POD_STATUS))
+               status=_schema("_PodStatus", POD_STATUS),
+               spec=_schema("_PodSpec", POD_SPEC))
 _LIST_METADATA = _schema("_ListMetadata", _RESOURCE_VERSION + ("continue",))
 # A watch event's object is decoded by its type: an ERROR event carries a Status.
 _EVENT = msgspec.json.Decoder(TypedDict("_Event", {"type": Any, "object": msgspec.Raw},

@@ -81,6 +81,8 @@ class Config:
     dot_addr: str = ""
     dot_cert: str = ""
     dot_key: str = ""
+    autopath: bool = False
+    autopath_search: list | None = None  # None: resolv.conf's search domains
 
     def __post_init__(self):
         self.normalize()
@@ -118,6 +120,8 @@ class Config:
             parse_hostport(self.dot_addr, 853)
             if not (self.dot_cert and self.dot_key):
                 raise ConfigError("-dot-addr needs -dot-cert and -dot-key (PEM files)")
+        if self.autopath_search is not None:
+            self.autopath_search = [_absolute(name) for name in self.autopath_search]
         self.zone_ttls  # parsed (and checked) once per Config
 
     # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
@@ -295,6 +299,22 @@ def resolv_conf_nameservers(path: str = DEFAULT_RESOLV_CONF,
     return servers
 
 
+def resolv_conf_search(path: str = DEFAULT_RESOLV_CONF) -> list:
+    """The ``search`` domains of resolv.conf (the last such line counts, as in glibc):
+    what kubelet appends to every pod's search path, and so what autopath walks after the
+    cluster's own domains, as CoreDNS's autopath does."""
+    domains = []
+    try:
+        with open(path) as fh:
+            for line in fh:
+                parts = line.split()
+                if parts and parts[0] in ("search", "domain"):
+                    domains = parts[1:]
+    except OSError:
+        pass
+    return domains
+
+
 def _nameserver_lines(path: str) -> list:
     servers = []
     try:
@@ -394,6 +414,13 @@ _FLAGS = [
     ("loop-probe", "loop_probe", parse_bool, None,
      "at start, send each private upstream a probe name and report a forwarding loop "
      "(unhealthy, with the upstream) if it comes back to this server"),
+    ("autopath", "autopath", parse_bool, "SKYDNS_AUTOPATH",
+     "answer a pod's query for NAME.<its namespace>.svc.<domain> that does not exist with "
+     "the first name of its search path that does (a CNAME to it), as CoreDNS's autopath; "
+     "the pod is told by its IP from the pod records in etcd"),
+    ("autopath-search", "autopath_search", _split_list, "SKYDNS_AUTOPATH_SEARCH",
+     "comma-separated search domains autopath tries after the cluster's own, as kubelet "
+     "appends them to pods (default: the search line of /etc/resolv.conf)"),
     ("lameduck", "lameduck", parse_duration, "SKYDNS_LAMEDUCK",
      "on SIGTERM, keep answering DNS this long (Go duration) while /healthz and /readyz "
      "fail, so the Service drops this replica first; SIGINT or a second signal stops at "

@@ -12,6 +12,7 @@ import time
 
 from . import __version__
 from .authority import Authority
+from .autopath import Autopath
 from .config import ConfigError, apply_etcd_config, from_args
 from .coremetrics import CoreDNSCollector
 from .etcdsync import EtcdSync, bound_malloc_arenas, read_config_value
@@ -60,6 +61,10 @@ class App:
         self.health = Health(reactor, self.store, self.sync, config)
         if config.loop_probe:
             self.handler.loop = self.health.loop = LoopProbe(reactor)
+        if config.autopath:
+            self.handler.autopath = Autopath(self.store, config)
+            log.info("autopath: walking pods' search paths on the server (then %s)",
+                     ", ".join(self.handler.autopath.search) or "no node domains")
         self.store.change_listeners.append(self.cache.invalidate)
         self.store.reset_listeners.append(self.cache.clear)
         self.store.config_listeners.append(self.etcd_config_changed)
@@ -77,6 +82,14 @@ class App:
                 lambda: len(self.store.bad))
         m.labelled_counter("skydns_records_skipped", "etcd values skipped, by reason",
                            "reason", lambda: self.store.skipped)
+        if self.handler.autopath is not None:
+            walks = self.handler.autopath
+            m.labelled_counter("skydns_autopath_answers", "Queries autopath walked, by "
+                               "result (found: answered with a name further down the pod's "
+                               "search path; found_kept: the same, kept from an earlier "
+                               "walk; not_found: NXDOMAIN as asked)", "result",
+                               lambda: {"found": walks.found, "found_kept": walks.cached,
+                                        "not_found": walks.not_found})
         m.gauge("skydns_etcd_watch_up", "1 while the etcd watch is live",
                 lambda: 1 if self.sync.healthy else 0)
         m.gauge("skydns_etcd_revision", "Last etcd revision applied", lambda: self.store.revision)
@@ -158,6 +171,8 @@ class App:
         self.config = new
         self.resolver.reconfigure(new)
         self.handler.config = new
+        if self.handler.autopath is not None:
+            self.handler.autopath.configure(new)
         self.health.config = new
         self.cache.max_bytes = new.answer_cache_mb * MIB
         self.cache.clear()

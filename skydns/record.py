@@ -300,6 +300,12 @@ def name_labels(name: str) -> list[str]:
     return name.split(".") if name else []
 
 
+# The leaf label of a hostNetwork pod's address record (instead of the value's FNV label):
+# such a pod has its node's IP, so a query from that IP tells nothing of its namespace, and
+# autopath must not answer it as that pod (see skydns.autopath).
+HOST_NETWORK_LABEL = "host-network"
+
+
 def dashed_ip(ip) -> str:
     """``10.244.7.7`` -> ``10-244-7-7``; IPv6 ``:`` -> ``-`` in its compressed text
     (``fd00::1`` -> ``fd00--1``): the label CoreDNS names pods and hostname-less endpoints

@@ -11,6 +11,7 @@ reused, stored in the wire cache for the next query.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import socket
 import struct
@@ -70,10 +71,12 @@ class QueryHandler:
 
     relay = None  # a UDPRelay, set by the UDP reader's owner (see skydns.relay)
     loop = None   # a LoopProbe (skydns.loop), when -loop-probe is on
+    autopath = None  # an Autopath (skydns.autopath), when -autopath is on
 
-    def handle(self, data: bytes, tcp: bool, addr=None):
+    def handle(self, data: bytes, tcp: bool, addr=None, client=None):
         """Reply bytes, a Deferred firing with them (or None), or None to send nothing
-        (also when the relay took a UDP query from ``addr``: it answers it itself)."""
+        (also when the relay took a UDP query from ``addr``: it answers it itself).
+        ``client``: the querier's IP (for autopath), ``addr``'s by default."""
         started = time.perf_counter()
         if len(data) < 12 or data[2] & 0x80:
             self.metrics.error("malformed")
@@ -87,6 +90,9 @@ class QueryHandler:
             if self.resolver.authority.in_domain(query.name):
                 encloser = self.resolver.missing_name(query)
                 if encloser is not None:
+                    if self.autopath is not None and (client or addr):
+                        return self._autopath(query, data, encloser, started, tcp,
+                                              client or addr[0])
                     return self._nxdomain(query, data, encloser, started, tcp)
                 d = self.resolver.fast_query(query)
             else:
@@ -225,11 +231,79 @@ class QueryHandler:
         if self.config.verbose:
             log.info("%s %s -> NXDOMAIN %d bytes (auth, template)", query.name,
                      dns.rdatatype.to_text(query.qtype), len(out))
-        if cache.seen_before(data):
+        if self._keeps_denial(query.labels) and cache.seen_before(data):
             self.metrics.cache_misses["wire"] += 1
             cache.insert(data, [out], (encloser,), self.metrics.slot("auth", out, data),
                          negative=True)
         return out
+
+    # -- autopath (skydns.autopath) -------------------------------------------------------
+
+    def _autopath(self, query, data, encloser, started, tcp, client):
+        """A missing name: the first answer of the pod's search path when ``client`` is a
+        pod of the name's namespace, else (or when there is none) NXDOMAIN."""
+        autopath = self.autopath
+        namespace = autopath.namespace(client, query.labels)
+        if namespace is None:
+            return self._nxdomain(query, data, encloser, started, tcp)
+        out = autopath.kept(namespace, data, tcp)
+        if out is not None:
+            return self._walked(out, query, data, encloser, started, tcp)
+        limit = 65535 if tcp else wirefmt.fast_udp_limit(query, self.config.max_udp_size)
+        try:
+            out = autopath.walk(data, query.qend, autopath.queries(query.labels, data,
+                                                                   query.qend),
+                                self._inner_lookup(tcp), limit, tcp)
+        except Exception:
+            out = Failure()
+        if out is None or out.__class__ is bytes or isinstance(out, Failure):
+            return self._walked(out, query, data, encloser, started, tcp, namespace)
+        return out.addBoth(self._walked, query, data, encloser, started, tcp, namespace)
+
+    def _walked(self, out, query, data, encloser, started, tcp, namespace=None):
+        """Send what a walk found (kept for ``namespace`` when given), or NXDOMAIN."""
+        if isinstance(out, Failure):
+            self.failure_log.warn("autopath for %s failed: %s", query.name,
+                                  out.getTraceback())
+            out = None
+        if out is None:
+            return self._nxdomain(query, data, encloser, started, tcp)
+        if namespace is not None:
+            self.autopath.keep(namespace, data, tcp, out)
+        system = "auth" if out[2] & 0x04 else "recursive"
+        self.metrics.observe(system, time.perf_counter() - started, out, data, tcp,
+                             query.qtype)
+        if self.config.verbose:
+            log.info("%s %s -> %s %d bytes (autopath)", query.name,
+                     dns.rdatatype.to_text(query.qtype), dns.rcode.to_text(out[3] & 0x0F),
+                     len(out))
+        return out
+
+    def _inner_lookup(self, tcp):
+        """How a walk asks one name: as a client's query would be answered (the wire
+        cache first, as the transports do), without counting it as a request."""
+        inner = self._inner
+        if inner is None:
+            inner = self._inner = QueryHandler(self.resolver, self.cache,
+                                               Uncounted(self.metrics), self.config)
+            inner.autopath = self.autopath  # for what it may cache (never walks: no client)
+        if inner.config_of is not self.config:  # -verbose logs what clients asked only
+            inner.config = dataclasses.replace(self.config, verbose=False)
+            inner.config_of = self.config
+        cache = self.cache
+
+        def lookup(wire):
+            out = cache.answer(wire, tcp, count=False)
+            return out if out is not None else inner.handle(wire, tcp)
+        return lookup
+
+    _inner = None     # the QueryHandler a walk asks through
+    config_of = None  # (of an inner handler: the config its own was made from)
+
+    def _keeps_denial(self, labels) -> bool:
+        """Whether an NXDOMAIN for this name may enter the wire cache: not when autopath
+        may answer it otherwise for some client (the hot path does not ask who asks)."""
+        return self.autopath is None or not self.autopath.may_walk(labels)
 
     def _nxdomain_tail(self, query, data):
         """The SOA record as the encoder writes it after this question."""
@@ -289,7 +363,8 @@ class QueryHandler:
         # Whole and within what this query may get over UDP: the same bytes for both.
         shared = complete and max(map(len, responses)) <= udp_limit
         negative = not result.answer
-        if negative and not self.cache.seen_before(data):
+        if negative and (not self.cache.seen_before(data) or (
+                result.rcode == dns.rcode.NXDOMAIN and not self._keeps_denial(query.labels))):
             return out  # stored the second time it is asked (see _nxdomain)
         self.cache.insert(data, responses, result.deps, slot, tcp=tcp, shared=shared,
                           negative=negative)
@@ -334,6 +409,11 @@ class QueryHandler:
 
     def _store(self, reply, data, out):
         message = reply.message
+        if self.autopath is not None and message.rcode() == dns.rcode.NXDOMAIN \
+                and message.question and not self._keeps_denial(
+                    [label.decode("ascii", "replace").lower()
+                     for label in reversed(message.question[0].name.labels[:-1])]):
+            return  # see _keeps_denial
         count = wirefmt.variant_count(message, self.config.round_robin)
         responses = [out]  # rotation 0 is the answer just rendered
         if count > 1:
@@ -359,6 +439,24 @@ def add_nsid(message, nsid: str):
     message.use_edns(0, message.ednsflags, message.payload,
                      options=[o for o in message.options if o.otype != dns.edns.NSID]
                      + [dns.edns.NSIDOption(nsid.encode())])
+
+
+class Uncounted:
+    """Metrics for the lookups the server makes for itself (an autopath walk's names):
+    they use the real cache slots, but count no request, answer or error; the client's
+    query is counted once, by its answer."""
+
+    def __init__(self, metrics):
+        self._metrics = metrics
+
+    def __getattr__(self, name):
+        return getattr(self._metrics, name)
+
+    def observe(self, *args, **kwargs):
+        pass
+
+    def error(self, cause):
+        pass
 
 
 @implementer(IReadDescriptor)
@@ -537,6 +635,7 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
     _parsing = False     # inside dataReceived
 
     def connectionMade(self):
+        self._client = getattr(self.transport.getPeer(), "host", None)  # (for autopath)
         self.transport.bufferSize = TCP_WRITE_BUFFER
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout)
@@ -564,7 +663,7 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
             self._logged(data, cached, started)
             return
         try:
-            out = self.factory.handler.handle(data, tcp=True)
+            out = self.factory.handler.handle(data, tcp=True, client=self._client)
         except Exception:
             log.exception("unexpected error handling a TCP query")
             self._close()

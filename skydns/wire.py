@@ -443,9 +443,10 @@ class WireCache:
         self.recent_misses.clear()
         self.templates.clear()
 
-    def answer(self, query: bytes, tcp: bool = False):
+    def answer(self, query: bytes, tcp: bool = False, count: bool = True):
         """The cached reply to ``query`` or None (the same logic the UDP reader inlines),
-        counted in the entry's metrics slot (and as TCP, over TCP)."""
+        counted in the entry's metrics slot (and as TCP, over TCP) unless ``count`` is
+        false (a lookup the server makes for itself, see skydns.autopath)."""
         entry = (self.tcp_table if tcp else self.table).get(query[2:].lower())
         if entry is None:
             return None
@@ -455,6 +456,8 @@ class WireCache:
         else:
             i = 0
         out = query[:2] + entry[0] + query[12:entry[1]] + entry[2][i]
+        if not count:
+            return out
         slot = entry[5]
         slot[0] += 1
         slot[1] += len(out)

@@ -268,6 +268,21 @@ def test_pod_records_v4_and_v6():
     assert keys == [f"{BASE}/pod/ns/10-244-7-7", f"{BASE}/pod/ns/fd00--7"]
 
 
+def test_host_network_pod_records_are_marked():
+    """A hostNetwork pod has its node's IP: its record's leaf says so (skydns's autopath
+    then never takes a query from that IP for this pod); the name and address are the
+    same as any pod's."""
+    pod = {"metadata": {"namespace": "kube-system", "name": "proxy"},
+           "spec": {"hostNetwork": True}, "status": {"podIP": "192.0.2.1"}}
+    records, problems = pod_records(L, pod)
+    assert problems == []
+    assert list(records) == [f"{BASE}/pod/kube-system/192-0-2-1/host-network"]
+    plain, _ = pod_records(L, dict(pod, spec={"hostNetwork": False}))
+    assert [k.rsplit("/", 1)[0] for k in plain] == [f"{BASE}/pod/kube-system/192-0-2-1"]
+    assert list(plain.values()) == list(records.values())
+    assert not any(k.endswith("/host-network") for k in plain)
+
+
 @pytest.mark.parametrize("obj, reason", [
     (svc("noip", cluster_ip=""), "no clusterIP"),
     (svc("bad", cluster_ip="10.0.0.300"), "bad clusterIP"),

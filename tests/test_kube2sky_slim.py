@@ -98,6 +98,20 @@ def test_slim_pod_keeps_its_ips_once():
                                         "podIPs": [{"ip": "10.2.0.8"}, {"ip": "fd00::8"}]}
 
 
+def test_slim_pod_keeps_host_network_only_when_set():
+    host = pod("h")
+    host["spec"]["hostNetwork"] = True
+    assert slim_pod(host)["spec"] == {"hostNetwork": True}
+    off = pod("o")
+    off["spec"]["hostNetwork"] = False
+    for obj in (off, pod("p"), dict(pod("q"), spec="odd")):
+        assert "spec" not in slim_pod(obj)
+    decoder = KindDecoder("pods")
+    assert decoder.page(json.dumps({"items": [host, off]}).encode())[0] == [
+        slim_pod(host), slim_pod(off)]
+    assert decoder.event(json.dumps({"type": "ADDED", "object": host}))[1] == slim_pod(host)
+
+
 # -- the decoders give what json.loads + slim gives ---------------------------------------
 
 def odd(obj, **changes):

@@ -233,6 +233,39 @@ def test_glibc_unknown_short_name_is_not_found_not_a_temporary_failure(pod, sky)
     assert out["seconds"] < 2.0, (out, log)
 
 
+def test_glibc_autopath_asks_once_per_type(etcd, pod, cluster, upstream_mod):
+    """With -autopath, a pod's lookup of an external name is one query per address type:
+    the first name of its search path, answered with a CNAME to the name found (without
+    it glibc asks three cluster names and then the bare one). The pod's record is the one
+    kube2sky writes from a Pod with the namespace's IP; the queries counted are the
+    query log's (what the pod sent, not what skydns asked itself)."""
+    cluster.apply({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "client", "namespace": "demo"},
+                   "spec": {"containers": [{"name": "c", "image": "pause"}]},
+                   "status": {"phase": "Running", "podIP": pod.ns_ip}})
+    own_name = pod.ns_ip.replace(".", "-") + f".demo.pod.{DOMAIN}."
+    pod.sky.stop()  # the walker takes port 53 of the pod's nameserver meanwhile
+    walker = Skydns(etcd.url, f"-domain={DOMAIN}.", "-autopath", "-autopath-search=",
+                    "-log-queries=1000", host=pod.host_ip, port=53,
+                    upstream=upstream_mod.address)
+    try:
+        walker.start()
+        wait_loaded(walker)
+        wait_for(lambda: summary(ask(53, own_name, host=pod.host_ip))[1], timeout=10,
+                 what="kube2sky to write the pod's record")
+        offset = len(walker.output())
+        rc, got, out = getent(pod, "ahosts", "www.example.com")
+        assert rc == 0, out
+        assert got == ["192.0.2.10", "2001:db8::10"], out
+        names = [line.split('"')[1].split()[2] for line in
+                 walker.output()[offset:].splitlines() if '"' in line and " IN " in line]
+        assert sorted(names) == [f"www.example.com.demo.svc.{DOMAIN}."] * 2, names
+    finally:
+        walker.close()
+        pod.sky.start()
+        wait_loaded(pod.sky)
+
+
 # -- unbound in front ----------------------------------------------------------------------
 
 @pytest.fixture
