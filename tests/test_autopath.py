@@ -348,3 +348,17 @@ def test_spliced_reply_equals_the_rendered_one(case, edns):
     assert got.question[0].name.to_text() == ASKED
     if answer:
         assert got.answer[0].to_text() == f"{ASKED} {answer[0].split()[1]} IN CNAME {name}"
+
+
+def test_the_in_process_bench_runs():
+    """bench/autopath_walk.py builds its handler the way skydns does; it must keep
+    running (and its first answer be the CNAME and A it asserts)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent.parent / "bench" / "autopath_walk.py"
+    out = subprocess.run([sys.executable, str(bench), "--queries", "300", "--services",
+                          "100", "--rounds", "1"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "walked each time" in out.stdout
