@@ -257,9 +257,15 @@ def test_glibc_autopath_asks_once_per_type(etcd, pod, cluster, upstream_mod):
         rc, got, out = getent(pod, "ahosts", "www.example.com")
         assert rc == 0, out
         assert got == ["192.0.2.10", "2001:db8::10"], out
-        names = [line.split('"')[1].split()[2] for line in
-                 walker.output()[offset:].splitlines() if '"' in line and " IN " in line]
-        assert sorted(names) == [f"www.example.com.demo.svc.{DOMAIN}."] * 2, names
+
+        def asked():
+            """The names of the pod's queries in the log (a line is written just after
+            its reply is sent, so it may come after getent is done)."""
+            return [line.split('"')[1].split()[2] for line in
+                    walker.output()[offset:].splitlines()
+                    if '"' in line and " IN www.example.com." in line]
+        wait_for(lambda: len(asked()) >= 2, timeout=5, what="the query log's lines")
+        assert sorted(asked()) == [f"www.example.com.demo.svc.{DOMAIN}."] * 2, asked()
     finally:
         walker.close()
         pod.sky.start()

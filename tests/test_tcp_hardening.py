@@ -436,7 +436,7 @@ def test_write_pause_and_in_flight_cap_are_tracked_apart():
     pending = []
 
     class Handler:
-        def handle(self, data, tcp):
+        def handle(self, data, tcp, client=None):
             pending.append((defer.Deferred(), data))
             return pending[-1][0]
 
