@@ -44,6 +44,14 @@ FLAGS = [
                                         "by its dashed IP (a-b-c-d.<svc>.<ns>.svc.<domain>, "
                                         "as CoreDNS)"),
     ("endpoints-source", str, "auto", "auto, endpointslices or endpoints"),
+    ("external-zone", str, "", "k8s_external: comma-separated zones under which each "
+                               "service's external addresses (externalIPs, load balancer "
+                               "ingress) are written as <svc>.<ns>.<zone> (serve them with "
+                               "a skydns -domain=<zone>)"),
+    ("external-ttl", int, 5, "TTL of the external zones' records (CoreDNS's default)"),
+    ("external-ns-service", str, "", "NAMESPACE/NAME of the service whose external "
+                                     "addresses are the external zones' name servers "
+                                     "(ns.dns.<zone>: NS and glue at the zone's apex)"),
     ("ca-cert", str, "", "CA certificate for etcd TLS [$ETCD_CACERT]"),
     ("tls-key", str, "", "etcd client TLS key [$ETCD_TLSKEY]"),
     ("tls-pem", str, "", "etcd client TLS certificate [$ETCD_TLSPEM]"),
@@ -88,6 +96,21 @@ def parse_args(argv=None, environ=None):
     if args.endpoints_source not in ("auto", "endpointslices", "endpoints"):
         raise SystemExit("kube2sky: --endpoints-source must be auto, endpointslices or "
                          "endpoints")
+    args.external_zones = [z.strip().lower().rstrip(".") + "."
+                           for z in args.external_zone.split(",") if z.strip()]
+    for zone in args.external_zones:
+        if zone == args.domain.strip(".").lower() + "." or zone.endswith(
+                "." + args.domain.strip(".").lower() + "."):
+            raise SystemExit(f"kube2sky: --external-zone {zone} is inside --domain")
+    if args.external_ns_service:
+        parts = args.external_ns_service.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise SystemExit("kube2sky: --external-ns-service must be NAMESPACE/NAME")
+        args.external_ns_service = tuple(parts)
+    else:
+        args.external_ns_service = None
+    if args.external_ttl < 0:
+        raise SystemExit("kube2sky: --external-ttl must not be negative")
     args.kube_master_url = os.path.expandvars(args.kube_master_url)
     args.machines = [m.strip() for m in args.etcd_server.split(",") if m.strip()]
     if args.leader_elect_lease_duration < 2:
@@ -176,7 +199,12 @@ class App:
         args = self.args
         log.info("endpoint data from %s", "EndpointSlices (discovery.k8s.io/v1)"
                  if use_slices else "v1 Endpoints")
-        layout = Layout(args.domain, args.ttl, endpoint_ip_names=args.endpoint_ip_names)
+        layout = Layout(args.domain, args.ttl, endpoint_ip_names=args.endpoint_ip_names,
+                        external_zones=args.external_zones, external_ttl=args.external_ttl,
+                        external_ns_service=args.external_ns_service)
+        for zone in layout.external:
+            log.info("k8s_external: services' external addresses under %s (%s)",
+                     zone.domain, zone.base)
         self.state = DesiredState(layout, pods=args.pod_records, use_slices=use_slices)
         etcd_config = SimpleNamespace(machines=args.machines, ca_cert=args.ca_cert,
                                       tls_key=args.tls_key, tls_pem=args.tls_pem,
@@ -185,7 +213,7 @@ class App:
             self.election = LeaderElection(etcd_config, args.leader_elect_key,
                                            args.leader_elect_identity,
                                            ttl=args.leader_elect_lease_duration)
-        self.writer = EtcdWriter(etcd_config, [layout.base + "/", "/skydns/arpa/"],
+        self.writer = EtcdWriter(etcd_config, layout.scopes(),
                                  timeout=args.etcd_mutation_timeout, election=self.election)
         kinds = ["services", "endpointslices" if use_slices else "endpoints"]
         if args.pod_records:

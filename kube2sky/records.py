@@ -42,11 +42,20 @@ class Endpoint:
 class Layout:
     """Where records go for one cluster domain, and how they are written."""
 
-    def __init__(self, domain="cluster.local.", ttl=30, endpoint_ip_names=True):
+    def __init__(self, domain="cluster.local.", ttl=30, endpoint_ip_names=True,
+                 external_zones=(), external_ttl=5, external_ns_service=None):
         self.domain = domain.lower().rstrip(".") + "."
         self.base = name_to_key(self.domain)
         self.ttl = ttl
         self.endpoint_ip_names = endpoint_ip_names  # dashed-IP leaves of headless endpoints
+        # k8s_external: a Layout per zone the services' external addresses go in, and the
+        # (namespace, name) of the service whose addresses are those zones' name servers.
+        self.external = [Layout(zone, external_ttl, False) for zone in external_zones]
+        self.external_ns_service = external_ns_service
+
+    def scopes(self):
+        """The key prefixes this layout writes under (what a reconcile reads back)."""
+        return [self.base + "/", "/skydns/arpa/"] + [z.base + "/" for z in self.external]
 
     def value(self, host, port=0):
         return encode_record(host, port=port, ttl=self.ttl, owner=OWNER)
@@ -245,6 +254,10 @@ def service_records(layout: Layout, service: dict, endpoints: list | None):
         records[reverse_key(ip)] = layout.value(fqdn)
     if first_label is None:
         return {}, problems
+    if layout.external:
+        external, bad = external_records(layout, namespace, name, service)
+        records.update(external)
+        problems += bad
     for port in spec.get("ports") or []:
         port_name = port.get("name")
         number = port.get("port")
@@ -256,6 +269,58 @@ def service_records(layout: Layout, service: dict, endpoints: list | None):
         protocol = (port.get("protocol") or "TCP").lower()
         records[f"{key}/_{protocol}/_{port_name.lower()}/{first_label}"] = layout.value(
             fqdn, port=number)
+    return records, problems
+
+
+def external_records(layout, namespace, name, service):
+    """k8s_external (as CoreDNS's plugin): ``<svc>.<ns>.<zone>`` for each external zone,
+    an A/AAAA leaf per external address (``spec.externalIPs``, then the load balancer's
+    ingress IPs), or a CNAME to the first ingress hostname when there is no address; SRV
+    ``_<port>._<proto>.<svc>.<ns>.<zone>`` per named port, the service's own port number.
+    For the service named by ``external_ns_service``, the same addresses also as
+    ``ns1.ns.dns.<zone>``, ``ns2...``: skydns answers the zone's NS with the names under
+    ``ns.dns.<zone>`` and their addresses as glue (SkyDNS's rule)."""
+    spec = service.get("spec") or {}
+    status = service.get("status")
+    balancer = status.get("loadBalancer") if isinstance(status, dict) else None
+    ingress = balancer.get("ingress") if isinstance(balancer, dict) else None
+    ingress = [i for i in ingress if isinstance(i, dict)] if isinstance(ingress, list) else []
+    external_ips = spec.get("externalIPs")
+    texts = list(external_ips) if isinstance(external_ips, list) else []
+    texts += [i["ip"] for i in ingress if i.get("ip")]
+    hostnames = [i["hostname"] for i in ingress if isinstance(i.get("hostname"), str)
+                 and not i.get("ip")]
+    records, problems, ips = {}, [], []
+    for text in dict.fromkeys(t for t in texts if isinstance(t, str)):
+        ip = _ip(text)
+        if ip is None:
+            problems.append(f"service {namespace}/{name}: bad external IP {text!r}")
+        else:
+            ips.append(ip)
+    if not ips and not hostnames:
+        return records, problems
+    is_ns = layout.external_ns_service == (namespace, name)
+    for zone in layout.external:
+        key = f"{zone.base}/{namespace}/{name}"
+        first = None
+        for number, ip in enumerate(ips, 1):
+            label, value = address_leaf(zone, ip)
+            first = first or label
+            records[f"{key}/{label}"] = value
+            if is_ns:  # named ns1, ns2... as the zone's NS answer names them
+                records[f"{zone.base}/dns/ns/ns{number}"] = value
+        if first is None:
+            target = hostnames[0].rstrip(".").lower() + "."
+            first = fnv1a32_label(encode_record(target, ttl=zone.ttl))
+            records[f"{key}/{first}"] = zone.value(target)
+        fqdn = f"{name}.{namespace}.{zone.domain}"
+        for port in spec.get("ports") or []:
+            if not isinstance(port, dict) or not isinstance(port.get("name"), str) \
+                    or not port["name"] or not isinstance(port.get("port"), int):
+                continue  # unnamed or bad ports: the cluster records say so already
+            protocol = (port.get("protocol") or "TCP").lower()
+            records[f"{key}/_{protocol}/_{port['name'].lower()}/{first}"] = zone.value(
+                fqdn, port=port["port"])
     return records, problems
 
 

@@ -36,7 +36,8 @@ log = logging.getLogger("kube2sky.slim")
 METADATA_FIELDS = ("namespace", "name", "labels")
 OBJECT_FIELDS = ("subsets", "addressType")
 SERVICE_SPEC = ("type", "clusterIP", "clusterIPs", "externalName", "ports",
-                "publishNotReadyAddresses")
+                "publishNotReadyAddresses", "externalIPs")
+INGRESS_FIELDS = ("ip", "hostname")  # of a Service's status.loadBalancer.ingress[]
 PORT_FIELDS = ("name", "port", "protocol")
 ENDPOINT_FIELDS = ("addresses", "hostname")
 POD_STATUS = ("podIP", "podIPs")
@@ -66,8 +67,18 @@ def slim(obj: dict) -> dict:
     if "endpoints" in obj:
         out["endpoints"] = ([_slim_endpoint(e) for e in obj["endpoints"]]
                             if isinstance(obj["endpoints"], list) else obj["endpoints"])
+    ingress = _mapping(_mapping(obj.get("status")).get("loadBalancer")).get("ingress")
+    if ingress:  # a LoadBalancer's addresses (k8s_external, see records.external_records)
+        out["status"] = {"loadBalancer": {"ingress": (
+            [_slim_ingress(i) for i in ingress] if isinstance(ingress, list) else ingress)}}
     out["metadata"] = kept
     return out
+
+
+def _slim_ingress(ingress):
+    if not isinstance(ingress, dict):
+        return ingress
+    return {k: ingress[k] for k in INGRESS_FIELDS if k in ingress}
 
 
 def _mapping(value) -> dict:
@@ -127,7 +138,9 @@ _OBJECT = _schema(  # a Service, Endpoints or EndpointSlice: what ``slim`` keeps
     spec=_schema("_Spec", SERVICE_SPEC, ports=list[_Port]),
     ports=list[_Port],
     endpoints=list[_schema("_Endpoint", ENDPOINT_FIELDS,
-                           conditions=_schema("_Conditions", ("ready",)))])
+                           conditions=_schema("_Conditions", ("ready",)))],
+    status=_schema("_Status", loadBalancer=_schema(
+        "_LoadBalancer", ingress=list[_schema("_Ingress", INGRESS_FIELDS)])))
 _POD = _schema("_Pod", metadata=_schema("_PodMetadata", ("namespace", "name")
                                         + _RESOURCE_VERSION),
                status=_schema("_PodStatus", POD_STATUS),

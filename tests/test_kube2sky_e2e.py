@@ -1178,6 +1178,54 @@ def test_api_server_outage_then_relist(fresh):
 
 # -- 10. flags -------------------------------------------------------------------------------
 
+def test_k8s_external_zone(fresh):
+    """--external-zone: a LoadBalancer's ingress IP and a service's externalIPs under
+    <svc>.<ns>.example.org, served by a skydns for that zone (-no-rec: authoritative only,
+    as an internet-facing server must be), with the zone's NS from --external-ns-service;
+    following the load balancer's status, and gone with the service."""
+    f = fresh()
+    zone = "example.org."
+    lb = f.kube.service("ext", "web", [{"name": "http", "port": 80, "protocol": "TCP"}],
+                        cluster_ip="10.96.90.1", type="LoadBalancer",
+                        externalIPs=["198.51.100.7"])
+    assert lb.spec.external_ips == ["198.51.100.7"]
+    f.kube.service("kube-system", "dns-external", [{"name": "dns", "port": 53,
+                                                    "protocol": "UDP"}],
+                   cluster_ip="10.96.90.53", type="LoadBalancer")
+
+    def ingress(ns, name, *ips):
+        f.kube.core.patch_namespaced_service_status(name, ns, [
+            {"op": "add", "path": "/status", "value": {"loadBalancer": {"ingress": [
+                {"ip": ip} for ip in ips]}}}])
+    ingress("kube-system", "dns-external", "203.0.113.53")
+    f.kube2sky(f"--external-zone={zone}", "--external-ns-service=kube-system/dns-external")
+    upstream = Upstream({})
+    f.procs.append(upstream)
+    external = Skydns(f.etcd.url, f"-domain={zone}", "-no-rec", upstream=upstream.address)
+    f.procs.append(external)
+    external.start()
+    cluster = f.skydns()
+    name = f"web.ext.{zone}"
+    converge(external, name, "A", ["198.51.100.7"])
+    ingress("ext", "web", "203.0.113.10")
+    converge(external, name, "A", ["198.51.100.7", "203.0.113.10"])
+    assert answer(external, f"_http._tcp.{name}", "SRV") == (
+        "NOERROR", [f"10 100 80 {name}"])
+    assert answer(external, zone, "NS") == ("NOERROR", [f"ns1.ns.dns.{zone}"])
+    assert answer(external, f"ns1.ns.dns.{zone}", "A") == ("NOERROR", ["203.0.113.53"])
+    response = external.query(name, "A")
+    assert response.answer[0].ttl == 5  # CoreDNS's k8s_external default
+    assert answer(external, f"nope.ext.{zone}", "A")[0] == "NXDOMAIN"
+    # The cluster's own names are unchanged, and the cluster skydns knows nothing of it.
+    assert answer(cluster, f"web.ext.svc.{DOMAIN}.", "A") == ("NOERROR", ["10.96.90.1"])
+    assert not upstream.queries
+    ingress("ext", "web", "203.0.113.11")
+    converge(external, name, "A", ["198.51.100.7", "203.0.113.11"])
+    f.kube.core.delete_namespaced_service("web", "ext")
+    converge(external, name, "A", "NXDOMAIN")
+    assert not [k for k in skydns_keys(f.etcd) if k.startswith("/skydns/org/example/ext/")]
+
+
 def test_underscore_flag_spelling(fresh):
     f = fresh()
     f.kube.service("flags", "web", [{"name": "http", "port": 80}], cluster_ip="10.96.95.1")
@@ -1220,6 +1268,8 @@ def test_sighup_is_harmless_and_sigterm_still_stops(fresh):
     (["--no-such-flag=1"], "unrecognized arguments"),
     (["--endpoints-source=bogus"], "endpoints-source"),
     (["--healthz-port=notanumber"], "healthz"),
+    (["--external-zone=ext.cluster.local"], "inside --domain"),
+    (["--external-ns-service=just-a-name"], "NAMESPACE/NAME"),
 ])
 def test_bad_flags_exit_nonzero_with_a_message(flags, message):
     proc = subprocess.run([sys.executable, "-m", "kube2sky", "--kube-master-url=http://127.0.0.1:9",

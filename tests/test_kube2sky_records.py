@@ -57,6 +57,114 @@ def test_dual_stack_cluster_ips():
     assert any(k.startswith("/skydns/arpa/ip6/f/d/0/0/") for k in records)
 
 
+# -- k8s_external ------------------------------------------------------------------------
+
+EXT = "/skydns/org/example"
+XL = Layout("cluster.local", ttl=30, external_zones=["example.org."], external_ttl=5,
+            external_ns_service=("kube-system", "dns-external"))
+
+
+def fnv(text):
+    h = 0x811C9DC5
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return "%x" % h
+
+
+def ext_value(host, port=0, ttl=5):
+    fields = {"host": host}
+    if port:
+        fields["port"] = port
+    fields.update(priority=10, weight=10, ttl=ttl, targetstrip=0)
+    plain = json.dumps(fields, separators=(",", ":"))
+    return plain[:-1] + ',"owner":"kube2sky"}', fnv(plain)
+
+
+def external(records):
+    return {k: v for k, v in records.items() if k.startswith(EXT)}
+
+
+def balancer(*ingress):
+    return {"loadBalancer": {"ingress": list(ingress)}}
+
+
+def test_external_addresses_of_a_load_balancer():
+    """externalIPs first, then the ingress IPs; one leaf each (label: FNV-1a of the value
+    without the owner, TTL 5 as CoreDNS's k8s_external), SRV per named port."""
+    service = dict(svc("web", ports=[{"name": "http", "port": 80, "protocol": "TCP"},
+                                     {"port": 8080}], type="LoadBalancer",
+                       externalIPs=["198.51.100.7"]),
+                   status=balancer({"ip": "203.0.113.10"}, {"ip": "2001:db8::10"}))
+    records, problems = service_records(XL, service, None)
+    assert problems == []
+    first, first_label = ext_value("198.51.100.7")
+    second, second_label = ext_value("203.0.113.10")
+    third, third_label = ext_value("2001:db8::10")
+    assert external(records) == {
+        f"{EXT}/default/web/{first_label}": first,
+        f"{EXT}/default/web/{second_label}": second,
+        f"{EXT}/default/web/{third_label}": third,
+        f"{EXT}/default/web/_tcp/_http/{first_label}": ext_value("web.default.example.org.",
+                                                                 80)[0],
+    }
+    # The cluster records are what they are without the zone.
+    assert {k: v for k, v in records.items() if not k.startswith(EXT)} == \
+        service_records(L, service, None)[0]
+
+
+@pytest.mark.parametrize("ingress, want", [
+    ([{"hostname": "LB.example.net"}], "lb.example.net."),
+    ([{"hostname": "a.example.net."}, {"hostname": "b.example.net"}], "a.example.net."),
+])
+def test_an_ingress_hostname_is_a_cname_when_there_is_no_address(ingress, want):
+    records, _ = service_records(XL, dict(svc("lb"), status=balancer(*ingress)), None)
+    value, label = ext_value(want)
+    assert external(records) == {f"{EXT}/default/lb/{label}": value}
+    with_ip = dict(svc("lb"), status=balancer(*ingress, {"ip": "203.0.113.9"}))
+    hosts = [json.loads(v)["host"] for v in external(service_records(XL, with_ip, None)[0])
+             .values()]
+    assert hosts == ["203.0.113.9"]
+
+
+@pytest.mark.parametrize("service", [
+    svc("plain"),                                                   # no external address
+    dict(svc("pending", type="LoadBalancer"), status={"loadBalancer": {}}),
+    dict(svc("odd"), status="odd"), dict(svc("odd2"), status={"loadBalancer": "x"}),
+    dict(svc("odd3"), status=balancer("x", {"ip": None})),
+    svc("headless", cluster_ip="None", externalIPs=["198.51.100.8"]),
+    dict(svc("ext", cluster_ip=None, type="ExternalName", externalName="x.example."),
+         status=balancer({"ip": "203.0.113.11"})),
+])
+def test_services_without_usable_external_addresses_have_none(service):
+    records, problems = service_records(XL, service, None)
+    assert external(records) == {}
+    assert problems == []
+
+
+def test_a_bad_external_ip_is_a_problem_and_the_others_stay():
+    records, problems = service_records(XL, svc("web", externalIPs=["300.1.1.1",
+                                                                    "198.51.100.7"]), None)
+    assert problems == ["service default/web: bad external IP '300.1.1.1'"]
+    assert [json.loads(v)["host"] for v in external(records).values()] == ["198.51.100.7"]
+
+
+def test_the_name_server_service_is_the_zones_ns():
+    service = dict(svc("dns-external", ns="kube-system", type="LoadBalancer"),
+                   status=balancer({"ip": "203.0.113.53"}))
+    value, label = ext_value("203.0.113.53")
+    assert external(service_records(XL, service, None)[0]) == {
+        f"{EXT}/kube-system/dns-external/{label}": value,
+        f"{EXT}/dns/ns/ns1": value,
+    }
+
+
+def test_no_external_zone_no_external_records():
+    service = dict(svc("web", externalIPs=["198.51.100.7"]),
+                   status=balancer({"ip": "203.0.113.10"}))
+    assert external(service_records(L, service, None)[0]) == {}
+    assert XL.scopes() == [f"{BASE}/", "/skydns/arpa/", f"{EXT}/"]
+
+
 def test_external_name_is_a_leaf_at_the_service_key():
     records, _ = service_records(L, svc("ext", cluster_ip=None, type="ExternalName",
                                         externalName="www.example.com"), None)

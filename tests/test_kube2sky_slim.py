@@ -98,6 +98,23 @@ def test_slim_pod_keeps_its_ips_once():
                                         "podIPs": [{"ip": "10.2.0.8"}, {"ip": "fd00::8"}]}
 
 
+def test_slim_keeps_a_load_balancers_addresses_and_external_ips():
+    lb = service("lb", type="LoadBalancer", externalIPs=["198.51.100.7"])
+    lb["status"] = {"loadBalancer": {"ingress": [
+        {"ip": "203.0.113.10", "ipMode": "VIP", "ports": [{"port": 80, "protocol": "TCP"}]},
+        {"hostname": "lb.example.net"}]}, "conditions": [{"type": "x"}]}
+    slimmed = slim(lb)
+    assert slimmed["status"] == {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"},
+                                                              {"hostname": "lb.example.net"}]}}
+    assert slimmed["spec"]["externalIPs"] == ["198.51.100.7"]
+    assert "status" not in slim(service("plain"))  # {"loadBalancer": {}}: nothing kept
+    assert slim(slimmed) == slimmed
+    decoder = KindDecoder("services")
+    assert decoder.page(json.dumps({"items": [lb]}).encode())[0] == [slimmed]
+    odd = dict(lb, status={"loadBalancer": {"ingress": "odd"}})
+    assert decoder.page(json.dumps({"items": [odd]}).encode())[0] == [slim(odd)]
+
+
 def test_slim_pod_keeps_host_network_only_when_set():
     host = pod("h")
     host["spec"]["hostNetwork"] = True
