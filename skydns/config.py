@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -81,6 +82,7 @@ class Config:
     dot_addr: str = ""
     dot_cert: str = ""
     dot_key: str = ""
+    transfer_to: list = dataclasses.field(default_factory=list)
     autopath: bool = False
     autopath_search: list | None = None  # None: resolv.conf's search domains
 
@@ -120,6 +122,10 @@ class Config:
             parse_hostport(self.dot_addr, 853)
             if not (self.dot_cert and self.dot_key):
                 raise ConfigError("-dot-addr needs -dot-cert and -dot-key (PEM files)")
+        try:
+            self.transfer_networks = parse_networks(self.transfer_to)
+        except ValueError as exc:
+            raise ConfigError(f"transfer-to: {exc}") from None
         if self.autopath_search is not None:
             self.autopath_search = [_absolute(name) for name in self.autopath_search]
         self.zone_ttls  # parsed (and checked) once per Config
@@ -299,6 +305,17 @@ def resolv_conf_nameservers(path: str = DEFAULT_RESOLV_CONF,
     return servers
 
 
+def parse_networks(entries) -> list:
+    """``-transfer-to`` entries as networks: ``*`` (anyone), addresses and CIDRs."""
+    networks = []
+    for entry in entries:
+        if entry == "*":
+            networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+        else:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+    return networks
+
+
 def resolv_conf_search(path: str = DEFAULT_RESOLV_CONF) -> list:
     """The ``search`` domains of resolv.conf (the last such line counts, as in glibc):
     what kubelet appends to every pod's search path, and so what autopath walks after the
@@ -414,6 +431,9 @@ _FLAGS = [
     ("loop-probe", "loop_probe", parse_bool, None,
      "at start, send each private upstream a probe name and report a forwarding loop "
      "(unhealthy, with the upstream) if it comes back to this server"),
+    ("transfer-to", "transfer_to", _split_list, "SKYDNS_TRANSFER_TO",
+     "comma-separated addresses and CIDRs (* for anyone) allowed to transfer the domain "
+     "(AXFR over TCP), as CoreDNS's transfer plugin (empty: refused to all)"),
     ("autopath", "autopath", parse_bool, "SKYDNS_AUTOPATH",
      "answer a pod's query for NAME.<its namespace>.svc.<domain> that does not exist with "
      "the first name of its search path that does (a CNAME to it), as CoreDNS's autopath; "

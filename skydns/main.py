@@ -90,6 +90,9 @@ class App:
                                "walk; not_found: NXDOMAIN as asked)", "result",
                                lambda: {"found": walks.found, "found_kept": walks.cached,
                                         "not_found": walks.not_found})
+        m.labelled_counter("skydns_zone_transfers", "AXFR requests, by result (sent: the "
+                           "zone was sent; refused: not allowed by -transfer-to, or not "
+                           "this server's zone)", "result", lambda: self.handler.transfers)
         m.gauge("skydns_etcd_watch_up", "1 while the etcd watch is live",
                 lambda: 1 if self.sync.healthy else 0)
         m.gauge("skydns_etcd_revision", "Last etcd revision applied", lambda: self.store.revision)

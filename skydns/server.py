@@ -29,7 +29,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from . import encoder
+from . import encoder, transfer
 from . import wire as wirefmt
 from .rcache import cache_key
 from .resolver import RateLimitedLog
@@ -68,6 +68,7 @@ class QueryHandler:
         self.metrics = metrics
         self.config = config
         self.failure_log = RateLimitedLog(log, interval=60.0)
+        self.transfers = {"sent": 0, "refused": 0}  # AXFR requests by what they got
 
     relay = None  # a UDPRelay, set by the UDP reader's owner (see skydns.relay)
     loop = None   # a LoopProbe (skydns.loop), when -loop-probe is on
@@ -136,6 +137,43 @@ class QueryHandler:
             d.addBoth(result.append)
             return self._finish(result[0], request, data, tcp, started)
         return d.addBoth(self._finish, request, data, tcp, started)
+
+    # -- zone transfer (skydns.transfer) -------------------------------------------------
+
+    def transfer(self, data: bytes, client, send):
+        """An AXFR query over TCP from ``client``: the zone in messages given to ``send``
+        (a Deferred firing with None when all are sent), or a refusal's bytes."""
+        try:
+            request = dns.message.from_wire(data)
+        except Exception:
+            self.metrics.error("formerr")
+            return wirefmt.formerr(data)
+        question = request.question[0] if len(request.question) == 1 else None
+        config = self.config
+        if question is None or question.name != config.domain_name:
+            reason = "not this server's zone"
+        elif not transfer.allowed(config.transfer_networks, client):
+            reason = f"{client} is not in -transfer-to"
+        else:
+            self.transfers["sent"] += 1
+            started = time.monotonic()
+            log.info("zone transfer of %s to %s", config.domain, client)
+            d = transfer.Transfer(self.resolver, data, wirefmt.question_end(data),
+                                  send).start()
+
+            def done(records):
+                log.info("zone transfer of %s to %s: %d records in %.2f s", config.domain,
+                         client, records, time.monotonic() - started)
+            d.addCallback(done)
+            d.addErrback(lambda f: log.error("zone transfer to %s failed: %s", client,
+                                             f.getErrorMessage()))
+            return d
+        self.transfers["refused"] += 1
+        log.warning("zone transfer of %s refused to %s: %s",
+                    question.name if question else "?", client, reason)
+        response = dns.message.make_response(request)
+        response.set_rcode(dns.rcode.REFUSED)
+        return wirefmt.to_wire(response)
 
     def _internal_error(self, request, failure=None):
         """SERVFAIL for a query we failed to answer; the traceback is logged at most once
@@ -663,7 +701,10 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
             self._logged(data, cached, started)
             return
         try:
-            out = self.factory.handler.handle(data, tcp=True, client=self._client)
+            if wirefmt.is_axfr(data):
+                out = self.factory.handler.transfer(data, self._client, self._send)
+            else:
+                out = self.factory.handler.handle(data, tcp=True, client=self._client)
         except Exception:
             log.exception("unexpected error handling a TCP query")
             self._close()

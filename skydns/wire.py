@@ -142,6 +142,14 @@ def _cookie_only(options: bytes) -> bool:
     return len(options) == 4 + length and (length == 8 or 16 <= length <= 40)
 
 
+def is_axfr(data: bytes) -> bool:
+    """Whether ``data`` is a query with one question, of type AXFR (252)."""
+    if len(data) < 17 or data[2] & 0x80 or data[4:6] != b"\x00\x01":
+        return False
+    qend = question_end(data)
+    return qend > 0 and data[qend - 4:qend - 2] == b"\x00\xfc"
+
+
 def fast_udp_limit(query: Query, cap: int) -> int:
     """``udp_limit`` for a Query read by ``parse_query``."""
     return max(512, min(query.payload, cap)) if query.edns else 512
