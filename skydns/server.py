@@ -69,6 +69,7 @@ class QueryHandler:
         self.config = config
         self.failure_log = RateLimitedLog(log, interval=60.0)
         self.transfers = {"sent": 0, "refused": 0}  # AXFR requests by what they got
+        self.refusal_log = RateLimitedLog(log, interval=10.0)
 
     relay = None  # a UDPRelay, set by the UDP reader's owner (see skydns.relay)
     loop = None   # a LoopProbe (skydns.loop), when -loop-probe is on
@@ -169,8 +170,8 @@ class QueryHandler:
                                              f.getErrorMessage()))
             return d
         self.transfers["refused"] += 1
-        log.warning("zone transfer of %s refused to %s: %s",
-                    question.name if question else "?", client, reason)
+        self.refusal_log.warn("zone transfer of %s refused to %s: %s",
+                              question.name if question else "?", client, reason)
         response = dns.message.make_response(request)
         response.set_rcode(dns.rcode.REFUSED)
         return wirefmt.to_wire(response)
