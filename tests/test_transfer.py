@@ -165,3 +165,19 @@ def test_carried_names_in_process():
     assert "_http._tcp.web.default.svc.cluster.local" in names
     assert "_tcp.web.default.svc.cluster.local" not in names
     assert carried_names(store, ("org", "example")) == []
+
+
+def test_the_bench_runs():
+    """bench/transfer.py (kdig's AXFR of a small zone, the probe with and without)."""
+    if not tool("kdig"):
+        if os.environ.get("CI"):
+            pytest.fail("kdig missing (knot-dnsutils) under CI")
+        pytest.skip("no kdig (Debian package knot-dnsutils)")
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent.parent / "bench" / "transfer.py"
+    out = subprocess.run([sys.executable, str(bench), "--services", "50",
+                          "--probe-seconds", "0.3"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "50 services: AXFR of 352 records" in out.stdout, out.stdout
