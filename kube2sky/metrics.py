@@ -26,6 +26,13 @@ class AppCollector:
                                       "was elected", value=election.transitions)
         yield GaugeMetricFamily("kube2sky_ready", "1 while /readiness is 200",
                                 value=int(app.readiness()[0]))
+        if app.reflectors:
+            lists = CounterMetricFamily("kube2sky_lists", "full lists of a kind: the first, "
+                                        "and one after each expired or broken watch",
+                                        labels=["kind"])
+            for reflector in app.reflectors:
+                lists.add_metric([reflector.kind], reflector.relists)
+            yield lists
         if writer is not None:
             for name, helptext, value in (
                     ("kube2sky_etcd_keys_written", "keys put into etcd", writer.written),

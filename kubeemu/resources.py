@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import ApiError
 
-__all__ = ["Resource", "RESOURCES", "BY_KIND", "resource_for", "ClusterIPAllocator",
+__all__ = ["Resource", "RESOURCES", "resource_for", "ClusterIPAllocator",
            "NodePortAllocator", "now"]
 
 
@@ -70,7 +70,6 @@ RESOURCES: dict[str, Resource] = {r.name: r for r in (
     Resource("endpointslices", "endpointslice", "EndpointSlice", "discovery.k8s.io", "v1",
              True),
 )}
-BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES.values()}
 GROUPS: dict[str, str] = {"discovery.k8s.io": "v1"}
 
 

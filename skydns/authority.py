@@ -16,12 +16,14 @@ import time
 
 import socket
 
+import dns.exception
 import dns.name
 import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer
 
 from . import encoder
+from .forward import ForwardError
 from .record import dashed_ip, key_to_name
 
 T = dns.rdatatype
@@ -365,8 +367,8 @@ class Authority:
             return None
         try:
             records = yield self.upstream(dns.name.from_text(name), qtype)
-        except Exception:
-            return None
+        except (ForwardError, dns.exception.DNSException):
+            return None  # upstream failed or sent nonsense: the answer goes without it
         return [light for light in map(upstream_record, records) if light is not None]
 
     def weights(self, records):

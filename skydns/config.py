@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import socket
 from typing import NamedTuple
 
 import dns.name
@@ -546,7 +545,3 @@ def apply_etcd_config(base: Config, value: bytes | str) -> Config:
         return dataclasses.replace(base, **changes)
     except ConfigError as exc:
         raise ConfigError(f"/config: {exc}") from None
-
-
-def hostname() -> str:
-    return socket.gethostname()

@@ -93,6 +93,11 @@ class App:
         m.labelled_counter("skydns_zone_transfers", "AXFR requests, by result (sent: the "
                            "zone was sent; refused: not allowed by -transfer-to, or not "
                            "this server's zone)", "result", lambda: self.handler.transfers)
+        m.labelled_counter("skydns_etcd_syncs", "Reads of the /skydns tree, by what "
+                           "(load: a full read, at start and after a compaction or a lost "
+                           "watch; watch: a watch stream started)", "what",
+                           lambda: {"load": self.sync.reloads,
+                                    "watch": self.sync.watch_restarts})
         m.gauge("skydns_etcd_watch_up", "1 while the etcd watch is live",
                 lambda: 1 if self.sync.healthy else 0)
         m.gauge("skydns_etcd_revision", "Last etcd revision applied", lambda: self.store.revision)

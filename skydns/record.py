@@ -15,7 +15,7 @@ import dns.name
 __all__ = [
     "Record", "RecordError", "parse_record", "name_to_key", "key_to_name", "key_labels",
     "name_labels", "labels_to_name", "fnv1a32_label", "encode_record", "encode_text",
-    "leaf_key", "plain_value", "plain_record",
+    "plain_value", "plain_record",
 ]
 
 # Keys of the JSON object and the Python types they must have. bool is checked separately
@@ -335,11 +335,6 @@ def labels_to_name(labels) -> str:
 def key_to_name(key: str, prefix: str = "skydns") -> str:
     """``/skydns/local/skydns/b/a`` -> ``a.b.skydns.local.``."""
     return labels_to_name(key_labels(key, prefix))
-
-
-def leaf_key(name: str, label: str, prefix: str = "skydns") -> str:
-    """The key of leaf ``label`` below ``name``."""
-    return name_to_key(name, prefix) + "/" + label
 
 
 FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193

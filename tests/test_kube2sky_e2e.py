@@ -706,6 +706,11 @@ def test_relist_after_410_makes_etcd_exact(fresh):
         **headless_keys(ns, "h", [("10.244.20.3", "h-0")], [("pg", 5432, "tcp")]),
         **pod_keys(ns, "10.244.21.2"), **pod_keys(ns, "10.244.21.3")})
     assert k2s.readiness()[0] == 200 and k2s.alive()
+    metrics = k2s._get("/metrics")[1]
+    lists = {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+             for line in metrics.splitlines() if line.startswith("kube2sky_lists_total{")}
+    assert lists["services"] == relists(k2s) > 1, lists  # the relist is counted
+    assert set(lists) >= {"services", "pods"}
 
 
 def test_410_is_reported_as_an_expired_resource_version(fresh):

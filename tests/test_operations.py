@@ -911,6 +911,8 @@ def test_metrics(etcd_client, start_skydns, counting_upstream):
                  "skydns_etcd_watch_up"):
         assert name in before, name
     assert metric(before, "skydns_etcd_watch_up") == 1
+    assert metric(before, "skydns_etcd_syncs_total", {"what": "load"}) == 1  # at start
+    assert metric(before, "skydns_etcd_syncs_total", {"what": "watch"}) == 1
     assert metric(before, "skydns_skipped_records") == 1
     auth0 = metric(before, "skydns_dns_request_count_total", {"system": "auth"})
     rec0 = metric(before, "skydns_dns_request_count_total", {"system": "recursive"}) or 0
