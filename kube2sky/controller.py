@@ -17,7 +17,7 @@ List pages wait for room in the queue (``Inbox``): the records of a page take lo
 compute than its decode, and the reflectors would otherwise hold the whole cluster there.
 
 The cyclic garbage collector is off until every resource has been listed
-(``etcdsync.CollectorPause``: a restart's lists spent 4 s in 1,300-1,600 collections),
+(``skydns.memory.CollectorPause``: a restart's lists spent 4 s in 1,300-1,600 collections),
 then the state is frozen out of later collections and the collector runs again, for the
 watches. It also runs again after COLLECTOR_PAUSE seconds without every list (an API
 server away: each failed list leaves a traceback).
@@ -31,7 +31,8 @@ import queue
 import threading
 import time
 
-from skydns.etcdsync import Backoff, CollectorPause, return_freed_memory
+from skydns.memory import CollectorPause, return_freed_memory
+from skydns.retry import Backoff
 
 from .etcdwriter import SENT
 from .records import fingerprint, meta
@@ -125,7 +126,7 @@ class Controller(threading.Thread):
 
     @property
     def ready(self) -> bool:
-        return self.synced and self.writer.healthy and not self.reconcile_error
+        return self.synced and self.writer.failures.healthy and not self.reconcile_error
 
     def elected(self):
         """From the election thread: this replica leads from now on."""
@@ -158,7 +159,7 @@ class Controller(threading.Thread):
                 if self.queue.empty() and time.monotonic() >= self._next_reconcile:
                     self._reconcile()
             if (not self.synced and self.listed >= self.kinds and not self.reconcile_needed
-                    and self.writer.pending() == 0 and self.writer.healthy):
+                    and self.writer.pending() == 0 and self.writer.failures.healthy):
                 self.synced = True
                 log.info("initial sync done in %.1fs: %d keys desired, %d written, "
                          "%d deleted", time.monotonic() - self.started,

@@ -22,7 +22,8 @@ import socket
 import threading
 import time
 
-from skydns.etcdsync import Backoff, close_quietly, describe_error, make_client
+from skydns.etcdclient import close_quietly, make_client
+from skydns.retry import Backoff, FailureLog, describe_error
 
 log = logging.getLogger("kube2sky.election")
 
@@ -59,7 +60,7 @@ class LeaderElection(threading.Thread):
         self.leader = ""                     # identity of the current leader, as last seen
         self.fence = 0                       # the term's fence while writes may go out
         self.transitions = 0                 # times this replica became (or resumed as) leader
-        self.last_error = ""
+        self.failures = FailureLog(log)      # etcd failing, and why
         self._term = None                    # (lease id, fence) of our term, if any
         self._valid_until = 0.0              # monotonic: no writes past this
         self._client = None
@@ -93,13 +94,11 @@ class LeaderElection(threading.Thread):
                 else:
                     self._campaign(client)
                 backoff.reset()
-                self.last_error = ""
+                self.failures.recovered()
                 wait = self.ttl / 3 if self._term is not None else self.poll
             except Exception as exc:
-                reason = describe_error(exc)[:300]
-                if reason != self.last_error:
-                    log.warning("leader election: etcd failed (%s)", reason)
-                self.last_error = reason
+                self.failures.failed(describe_error(exc)[:300],
+                                     "leader election: etcd failed (%s)")
                 self._drop_client()
                 wait = backoff.next()
             if self.fence and self.clock() >= self._valid_until:

@@ -28,7 +28,8 @@ import time
 
 from etcd3 import etcdrpc
 
-from skydns.etcdsync import Backoff, close_quietly, describe_error, make_client, read_prefix
+from skydns.etcdclient import close_quietly, make_client, read_prefix
+from skydns.retry import Backoff, FailureLog, describe_error
 from skydns.record import owner_suffix
 
 from .records import OWNER, fingerprint, fingerprint_of_bytes
@@ -67,8 +68,7 @@ class EtcdWriter:
         self._cond = threading.Condition(self._lock)
         self._drained = threading.Condition(self._lock)
         self._stop = False
-        self.healthy = True
-        self.last_error = ""
+        self.failures = FailureLog(log)  # writes failing, and why
         self.written = 0
         self.deleted = 0
         self._done_keys, self._started, self._last_report = 0, None, 0.0
@@ -141,7 +141,7 @@ class EtcdWriter:
         with self._cond:
             while len(self._pending) + len(self._in_flight) > limit:
                 left = deadline - time.monotonic()
-                if self._stop or not self.healthy or left <= 0:
+                if self._stop or not self.failures.healthy or left <= 0:
                     return False
                 self._drained.wait(timeout=min(left, 0.5))
             return True
@@ -260,20 +260,16 @@ class EtcdWriter:
             except Exception as exc:
                 self._finished(batch, ok=False)
                 self._drop_client(client)
-                reason = describe_error(exc)
-                if self.healthy or reason != self.last_error:
-                    log.warning("etcd write failed (%d keys pending, retrying): %s",
-                                self.pending(), reason)
-                self.healthy, self.last_error = False, reason
+                self.failures.failed(describe_error(exc),
+                                     "etcd write failed (%d keys pending, retrying): %s",
+                                     self.pending())
                 with self._cond:
                     if not self._stop:
                         self._cond.wait(timeout=backoff.next())
                 continue
             self._finished(batch, ok=True)
             backoff.reset()
-            if not self.healthy:
-                log.info("etcd writes succeed again")
-            self.healthy, self.last_error = True, ""
+            self.failures.recovered("etcd writes succeed again")
             if written:
                 self._progress(len(batch))
 

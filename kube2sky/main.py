@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 from skydns.config import parse_bool, parse_duration
-from skydns.etcdsync import bound_malloc_arenas
+from skydns.memory import bound_malloc_arenas
+from skydns.retry import Backoff, FailureLog, describe_error
 from skydns.record import OWNER_FIELD
 
 from .api import collection, slices_served
@@ -143,16 +144,12 @@ def kubernetes_client(args):
 
 def wait_for_discovery(api_client, stop_event) -> bool | None:
     """Ask the API until it answers (bounded, jittered backoff); None when stopped."""
-    from skydns.etcdsync import Backoff
-    backoff, last = Backoff(0.5, 15.0), None
+    backoff, failures = Backoff(0.5, 15.0), FailureLog(log)
     while not stop_event.is_set():
         try:
             return slices_served(api_client)
         except Exception as exc:
-            reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
-            if reason != last:
-                log.warning("API discovery failed, retrying: %s", reason)
-                last = reason
+            failures.failed(describe_error(exc)[:200], "API discovery failed, retrying: %s")
         stop_event.wait(backoff.next())
     return None
 
@@ -253,10 +250,11 @@ class App:
         reasons = [role] if role else []
         if missing:
             reasons.append("not listed yet: " + ", ".join(missing))
-        if self.election is not None and self.election.last_error:
-            reasons.append(f"leader election: etcd failing: {self.election.last_error}")
-        if not self.writer.healthy:
-            reasons.append(f"etcd writes failing: {self.writer.last_error}")
+        if self.election is not None and not self.election.failures.healthy:
+            reasons.append(f"leader election: etcd failing: "
+                           f"{self.election.failures.last_error}")
+        if not self.writer.failures.healthy:
+            reasons.append(f"etcd writes failing: {self.writer.failures.last_error}")
         if self.controller.reconcile_error:
             reasons.append(f"etcd not readable for the reconcile: "
                            f"{self.controller.reconcile_error}")

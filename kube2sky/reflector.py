@@ -20,7 +20,7 @@ import time
 from kubernetes.watch.watch import iter_resp_lines
 from kubernetes.client.rest import ApiException
 
-from skydns.etcdsync import Backoff
+from skydns.retry import Backoff, FailureLog, describe_error
 
 from .records import meta
 from .slim import CHANGES, KindDecoder
@@ -41,8 +41,8 @@ class Reflector(threading.Thread):
         self.out = out
         self.stop_event = stop_event
         self.watch_timeout = watch_timeout
-        self.healthy = False
-        self.last_error = ""
+        self.failures = FailureLog(log)  # list/watch failing, and why
+        self.failures.healthy = False    # until the first list
         self.relists = 0
 
     def stop(self):
@@ -68,16 +68,14 @@ class Reflector(threading.Thread):
                 self._failed(f"API error {exc.status} {exc.reason}".strip())
                 version = None
             except Exception as exc:  # connection refused, broken stream, bad JSON...
-                self._failed(" ".join(f"{exc.__class__.__name__}: {exc}".split())[:300])
+                self._failed(describe_error(exc)[:300])
                 version = None
             self.stop_event.wait(backoff.next())
 
     def _failed(self, reason):
         if self.stop_event.is_set():
             return  # our own shutdown closed the stream
-        if self.healthy or reason != self.last_error:
-            log.warning("%s: list/watch failed, will relist: %s", self.kind, reason)
-        self.healthy, self.last_error = False, reason
+        self.failures.failed(reason, "%s: list/watch failed, will relist: %s", self.kind)
 
     def _list(self):
         """All objects of the kind, page by page at the first page's resourceVersion (the
@@ -104,7 +102,7 @@ class Reflector(threading.Thread):
         log.info("listed %d %s at resourceVersion %s in %.2fs (%d pages)", len(listed),
                  self.kind, version, time.monotonic() - started, pages)
         self.out.put(("listed", self.kind, listed, version))
-        self.healthy, self.last_error = True, ""
+        self.failures.recovered()
         return version
 
     def _watch_from(self, version):

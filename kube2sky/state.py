@@ -22,6 +22,8 @@ import logging
 from array import array
 from collections.abc import Mapping
 
+from skydns.retry import describe_error
+
 from .records import (Layout, fingerprint, from_endpoints, from_slices, interned, meta,
                       pod_records, service_records)
 from .slim import Packed
@@ -244,7 +246,7 @@ class DesiredState:
                 groups = from_endpoints(endpoints) if endpoints else None
             records, problems = service_records(self.layout, service, groups)
         except Exception as exc:
-            records, problems = {}, [f"service {ns}/{name}: {exc.__class__.__name__}: {exc}"]
+            records, problems = {}, [f"service {ns}/{name}: {describe_error(exc)}"]
         return records, problems + fqdn_slices
 
     def _service_changed(self, ns, name) -> dict:

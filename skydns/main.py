@@ -15,7 +15,8 @@ from .authority import Authority
 from .autopath import Autopath
 from .config import ConfigError, apply_etcd_config, from_args
 from .coremetrics import CoreDNSCollector
-from .etcdsync import EtcdSync, bound_malloc_arenas, read_config_value
+from .etcdsync import EtcdSync, read_config_value
+from .memory import bound_malloc_arenas
 from .forward import Forwarder
 from .loop import LoopProbe
 from .metrics import Metrics

@@ -16,7 +16,7 @@ import pytest
 
 from kube2sky import etcdwriter
 from kube2sky.etcdwriter import KEYS_PER_TXN, MARKER_PREFIX, EtcdWriter, fingerprint
-from skydns import etcdsync
+from skydns import etcdclient
 from skydns.record import encode_record
 
 PREFIX = "/skydns/local/writertest/"
@@ -135,7 +135,7 @@ def test_a_failed_batch_goes_back_to_the_front_unless_a_newer_value_came(etcd):
 
 
 def test_read_state_pages_a_big_prefix(etcd, clean, monkeypatch):
-    monkeypatch.setattr(etcdsync, "PAGE", 7)
+    monkeypatch.setattr(etcdclient, "PAGE", 7)
     writer = writer_for(etcd, writers=2)
     writer.start()
     try:
@@ -271,7 +271,7 @@ def test_wait_below_holds_a_list_back_only_while_etcd_drains(etcd, clean):
 
     failing = writer_for(etcd)
     failing.submit({f"{PREFIX}x": ours(1)})
-    failing.healthy = False  # as after a failed transaction
+    failing.failures.healthy = False  # as after a failed transaction
     done = []
     waiter = threading.Thread(target=lambda: done.append(failing.wait_below(0, 600)))
     waiter.start()

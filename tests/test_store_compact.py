@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from skydns import etcdsync
+from skydns import etcdclient, etcdsync
 from skydns.record import Record, RecordError, encode_record, parse_record, plain_record, \
     plain_value
 from skydns.store import RecordStore
@@ -331,7 +331,7 @@ def test_the_load_streams_pages_into_a_new_tree_and_installs_it(etcd, etcd_clien
     want[prefix + "config"] = json.dumps({"ttl": 7})
     for key, value in want.items():
         etcd_client.put(key, value)
-    monkeypatch.setattr(etcdsync, "PAGE", 7)
+    monkeypatch.setattr(etcdclient, "PAGE", 7)
     store = RecordStore(prefix="streamtest")
     store.replace_all([(prefix + "local/old", b'{"host":"10.9.9.9"}', 0)], 1)
     configs, resets = [], []
@@ -340,12 +340,12 @@ def test_the_load_streams_pages_into_a_new_tree_and_installs_it(etcd, etcd_clien
     config = SimpleNamespace(machines=[etcd.url], ca_cert="", tls_key="", tls_pem="",
                              username="", password="", path_prefix="streamtest")
     sync = etcdsync.EtcdSync(CallNow(), store, config)
-    sync._client = etcdsync.make_client(config)
+    sync._client = etcdclient.make_client(config)
     try:
         with caplog.at_level(logging.INFO, logger="skydns.etcd"):
             sync._load()
     finally:
-        etcdsync.close_quietly(sync._client)
+        etcdclient.close_quietly(sync._client)
         etcd_client.delete_prefix(prefix)
     assert store.count == 40 and resets == [40]
     assert store.node(("local", "old")) is None  # the old tree is gone, not merged

@@ -328,7 +328,7 @@ def test_rate_limited_log_counts_what_it_suppressed(caplog):
 ARENA_PROBE = r"""
 import ctypes, os, sys, tempfile, threading
 if sys.argv[1] == "bound":
-    from skydns.etcdsync import bound_malloc_arenas
+    from skydns.memory import bound_malloc_arenas
     bound_malloc_arenas()
 keep, barrier = [], threading.Barrier(8)
 def work():  # eight threads allocating at the same time, as gRPC's and ours do
@@ -367,7 +367,7 @@ def test_bound_malloc_arenas_keeps_threads_in_two_heaps():
 def test_collector_pause_freezes_what_was_built_and_leaves_others_pauses_alone():
     import gc
 
-    from skydns.etcdsync import CollectorPause
+    from skydns.memory import CollectorPause
     assert gc.isenabled()
     try:
         frozen = gc.get_freeze_count()
