@@ -27,6 +27,7 @@ from skydns import encoder
 from skydns import wire as wirefmt
 from skydns.authority import Authority, labels_of, name_text
 from skydns.config import Config
+from skydns.forward import ForwardError
 from skydns.store import RecordStore
 
 CAP = 1232
@@ -39,7 +40,7 @@ def upstream_zone():
     def lookup(name, rdtype):
         text = name.to_text().lower()
         if text not in names:  # NXDOMAIN: the resolver's lookup_target fails then
-            return defer.fail(LookupError(f"{text}: NXDOMAIN"))
+            return defer.fail(ForwardError(f"upstream answered NXDOMAIN for {text}"))
         texts = sem.UPSTREAM_ZONE.get((text, dns.rdatatype.to_text(rdtype)))
         if not texts:
             return defer.succeed([])
