@@ -292,6 +292,18 @@ def spliced(reply: bytes, data: bytes, qend: int) -> bytes:
         return q
 
     body = bytearray(reply[old_qend:])
+    first_ttl = _move_all_pointers(body, counts, moved)
+    header = reply[:6] + (an + 1 if an else 0).to_bytes(2, "big") + reply[8:12]
+    if not an:
+        return header + asked + bytes(body)
+    cname = (b"\xc0\x0c" + CNAME.to_bytes(2, "big") + b"\x00\x01" + first_ttl
+             + len(found).to_bytes(2, "big") + found)
+    return header + asked + cname + bytes(body)
+
+
+def _move_all_pointers(body: bytearray, counts: int, moved) -> bytes | None:
+    """Move the pointers of the ``counts`` records ``body`` holds (owner names, and names
+    in the data of the types that may compress them); the first record's TTL bytes."""
     first_ttl = None
     pos = 0
     for _ in range(counts):
@@ -310,12 +322,7 @@ def spliced(reply: bytes, data: bytes, qend: int) -> bytes:
         pos = end
     if pos != len(body):
         raise Unsplicable("bytes after the last record")
-    header = reply[:6] + (an + 1 if an else 0).to_bytes(2, "big") + reply[8:12]
-    if not an:
-        return header + asked + bytes(body)
-    cname = (b"\xc0\x0c" + CNAME.to_bytes(2, "big") + b"\x00\x01" + first_ttl
-             + len(found).to_bytes(2, "big") + found)
-    return header + asked + cname + bytes(body)
+    return first_ttl
 
 
 def _move_pointers(body: bytearray, pos: int, moved) -> int:

@@ -74,6 +74,10 @@ class App:
         self.tcp = None
         self.dot = None
         self.http = []
+        self._register_metrics()
+
+    def _register_metrics(self):
+        """What /metrics reads from the running parts, besides the query counts."""
         m = self.metrics
         if m.coredns:
             m.collectors.append(CoreDNSCollector(m, self.cache, self.resolver,
