@@ -23,6 +23,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer, protocol
+from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReadDescriptor
 from twisted.protocols.basic import Int16StringReceiver
@@ -141,9 +142,12 @@ class QueryHandler:
 
     # -- zone transfer (skydns.transfer) -------------------------------------------------
 
-    def transfer(self, data: bytes, client, send):
+    def transfer(self, data: bytes, client, send, wait_writable=None):
         """An AXFR query over TCP from ``client``: the zone in messages given to ``send``
-        (a Deferred firing with None when all are sent), or a refusal's bytes."""
+        (a Deferred firing with None when all are sent), or a refusal's bytes.
+        ``wait_writable()``: None, or a Deferred that fires once the connection takes
+        more (the transfer waits for it, so a client that reads slowly is not buffered
+        for)."""
         try:
             request = dns.message.from_wire(data)
         except Exception:
@@ -160,7 +164,7 @@ class QueryHandler:
             started = time.monotonic()
             log.info("zone transfer of %s to %s", config.domain, client)
             d = transfer.Transfer(self.resolver, data, wirefmt.question_end(data),
-                                  send).start()
+                                  send, wait_writable).start()
 
             def done(records):
                 log.info("zone transfer of %s to %s: %d records in %.2f s", config.domain,
@@ -675,6 +679,7 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
 
     def connectionMade(self):
         self._client = getattr(self.transport.getPeer(), "host", None)  # (for autopath)
+        self._writable = []  # Deferreds of zone transfers waiting to write (see above)
         self.transport.bufferSize = TCP_WRITE_BUFFER
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout)
@@ -703,7 +708,8 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
             return
         try:
             if wirefmt.is_axfr(data):
-                out = self.factory.handler.transfer(data, self._client, self._send)
+                out = self.factory.handler.transfer(data, self._client, self._send_part,
+                                                    self._wait_writable)
             else:
                 out = self.factory.handler.handle(data, tcp=True, client=self._client)
         except Exception:
@@ -743,6 +749,31 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
         if out and not self._closing and self.transport.connected:
             self.sendString(out)  # may call pauseProducing() at once
 
+    def _send_part(self, out):
+        """One message of a zone transfer: activity, for the idle timeout (a transfer
+        can take longer than it, with no query coming in meanwhile)."""
+        self.resetTimeout()
+        self._send(out)
+
+    def _wait_writable(self):
+        """None while replies can be written; else a Deferred fired when they can again
+        (or failed when the connection goes)."""
+        if self._closing:
+            return defer.fail(ConnectionDone("the client's connection closed"))
+        if not self._write_full:
+            return None
+        d = defer.Deferred()
+        self._writable.append(d)
+        return d
+
+    def _wake_writers(self, failure=None):
+        waiting, self._writable = self._writable, []
+        for d in waiting:
+            if failure is None:
+                d.callback(None)
+            else:
+                d.errback(failure)
+
     def _update(self):
         """Stop reading while either reason holds; resume (and parse what was read) when
         neither does."""
@@ -768,6 +799,8 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
     def resumeProducing(self):
         self._write_full = False
         self._update()
+        if self._writable:
+            self._wake_writers()
 
     def stopProducing(self):
         self._closing = True
@@ -820,6 +853,8 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
         self._closing = True
         self.paused = True
         self.setTimeout(None)
+        if self._writable:
+            self._wake_writers(Failure(ConnectionDone("the client's connection closed")))
 
 
 class DNSTCPFactory(protocol.ServerFactory):

@@ -17,7 +17,9 @@ The names are listed when the transfer starts and answered 2 ms of work per reac
 (so that a cluster's zone does not hold up the queries meanwhile), from the store as it
 is then: a record changed during a transfer may or may not be in it, as with any server
 that does not snapshot its zone; the SOA serial does not tell (SkyDNS's serial is the
-hour). Each message is sent as soon as it is full.
+hour). Each message is sent as soon as it is full, and counts as activity for the TCP
+idle timeout (a big zone takes longer than it); while the client does not read what was
+sent, the transfer waits instead of buffering the zone for it.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class Transfer:
     """Serves one AXFR: ``start`` computes the zone and sends it with ``send(bytes)``,
     in messages rendered by ``encoder`` (compressed, ~60 KB each)."""
 
-    def __init__(self, resolver, data: bytes, qend: int, send):
+    def __init__(self, resolver, data: bytes, qend: int, send, wait_writable=None):
         self.resolver = resolver
         # The same semantics, without the upstream lookups of targets outside the domain:
         # only what a name owns is carried, and every answer is then computed at once.
@@ -142,6 +144,7 @@ class Transfer:
         self.flags = 0x8000 | 0x0400 | (data[2] & 0x01) << 8  # QR, AA, RD as asked
         self.question = data[12:qend]
         self.send = send
+        self.wait_writable = wait_writable  # None, or a Deferred to wait for (see server)
         self.sets = []   # (owner, rdtype, ttl, datas) of the message being filled
         self.size = 0
         self.records = 0
@@ -177,7 +180,7 @@ class Transfer:
                     sets = {T.CNAME: sets[T.CNAME]}
             for rdtype in sorted(sets):
                 self._add(sets[rdtype])
-            yield None
+            yield self.wait_writable() if self.wait_writable is not None else None
 
     def _answer(self, name, labels, rdtype) -> list:
         """The answer RRsets (encoder sets) skydns gives for (name, rdtype) that are

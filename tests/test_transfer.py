@@ -181,3 +181,53 @@ def test_the_bench_runs():
                          timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
     assert "50 services: AXFR of 352 records" in out.stdout, out.stdout
+
+
+def test_a_long_transfer_is_activity_and_waits_for_a_slow_reader():
+    """In process, the TCP protocol with a fake transport and clock: each message of a
+    transfer restarts the idle timeout (a big zone takes longer than it, with no query
+    coming in), and while the client does not read, the transfer waits (nothing is
+    buffered for it) until it does, or fails when the connection goes."""
+    from twisted.internet import defer, task
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+    from skydns.server import DNSTCPFactory
+
+    class Handler:
+        def transfer(self, data, client, send, wait_writable):
+            self.send, self.wait, self.client = send, wait_writable, client
+            self.done = defer.Deferred()
+            return self.done
+
+    class NoCache:
+        def answer(self, data, tcp=False):
+            return None
+
+    handler, clock = Handler(), task.Clock()
+    factory = DNSTCPFactory(handler, NoCache())
+    proto = factory.buildProtocol(("127.0.0.1", 0))
+    proto.callLater = clock.callLater
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    axfr = dns.message.make_query(D, "AXFR").to_wire()
+    proto.dataReceived(len(axfr).to_bytes(2, "big") + axfr)
+    assert handler.client == transport.getPeer().host
+    for _ in range(5):  # 5 idle timeouts long, a message in each
+        clock.advance(factory.idle_timeout * 0.9)
+        handler.send(b"message")
+        assert transport.connected and not transport.disconnecting
+    assert transport.value().count(b"message") == 5
+    assert handler.wait() is None  # the client reads: go on
+    proto.pauseProducing()          # it stopped: the transport's buffer is full
+    waiting = handler.wait()
+    assert not waiting.called
+    proto.resumeProducing()
+    assert waiting.called and waiting.result is None
+    proto.pauseProducing()
+    lost = handler.wait()
+    proto.connectionLost(Failure(Exception("gone")))
+    assert lost.called and isinstance(lost.result, Failure)
+    lost.addErrback(lambda f: None)
+    after = handler.wait()  # after the connection went: fails at once
+    assert after.called and isinstance(after.result, Failure)
+    after.addErrback(lambda f: None)
