@@ -125,12 +125,14 @@ class Autopath:
     def __init__(self, store, config):
         self.pods = PodNamespaces(store, config.domain)
         self.answers = {}
+        self.generation = 0  # changes that made kept answers stale (a walk that began
+        #                      before one must not keep what it found)
         self.found = 0      # walks that answered with a name further down the path
         self.cached = 0     # queries answered from ``answers`` (such a walk, earlier)
         self.not_found = 0  # walks where every name was NXDOMAIN (or an upstream failed)
         self.configure(config)
         store.change_listeners.append(self.changed)
-        store.reset_listeners.append(self.answers.clear)
+        store.reset_listeners.append(self.forget)
 
     def configure(self, config):
         self.domain = config.domain
@@ -147,15 +149,19 @@ class Autopath:
                 suffixes.append(wire)
         self.suffixes = suffixes
         self.pods.set_domain(config.domain)
+        self.forget()
+
+    def forget(self):
+        """Drop every kept answer, and what walks under way would keep."""
+        self.generation += 1
         self.answers.clear()
 
     def changed(self, labels):
         """A record changed: the answers kept are stale unless it is a pod record."""
         zone = self.zone
         n = len(zone)
-        if self.answers and not (len(labels) > n and labels[n] == "pod"
-                                 and labels[:n] == zone):
-            self.answers.clear()
+        if not (len(labels) > n and labels[n] == "pod" and labels[:n] == zone):
+            self.forget()
 
     def may_walk(self, labels) -> bool:
         """Whether a name (labels root-most first) has the shape of a first search-path
@@ -179,8 +185,9 @@ class Autopath:
         self.cached += 1
         return data[:2] + found
 
-    def keep(self, namespace: str, data: bytes, tcp: bool, out: bytes):
-        if out[2] & 0x04:  # AA: from the store (see the class docstring)
+    def keep(self, namespace: str, data: bytes, tcp: bool, out: bytes, generation: int):
+        """Keep a walk's answer, unless records changed since it began (``generation``)."""
+        if out[2] & 0x04 and generation == self.generation:  # AA: from the store
             if len(self.answers) >= MAX_ANSWERS:
                 self.answers.clear()
             self.answers[namespace, tcp, data[2:]] = out[2:]

@@ -293,6 +293,7 @@ class QueryHandler:
         if out is not None:
             return self._walked(out, query, data, encloser, started, tcp)
         limit = 65535 if tcp else wirefmt.fast_udp_limit(query, self.config.max_udp_size)
+        kept_as = (namespace, autopath.generation)
         try:
             out = autopath.walk(data, query.qend, autopath.queries(query.labels, data,
                                                                    query.qend),
@@ -300,19 +301,20 @@ class QueryHandler:
         except Exception:
             out = Failure()
         if out is None or out.__class__ is bytes or isinstance(out, Failure):
-            return self._walked(out, query, data, encloser, started, tcp, namespace)
-        return out.addBoth(self._walked, query, data, encloser, started, tcp, namespace)
+            return self._walked(out, query, data, encloser, started, tcp, kept_as)
+        return out.addBoth(self._walked, query, data, encloser, started, tcp, kept_as)
 
-    def _walked(self, out, query, data, encloser, started, tcp, namespace=None):
-        """Send what a walk found (kept for ``namespace`` when given), or NXDOMAIN."""
+    def _walked(self, out, query, data, encloser, started, tcp, kept_as=None):
+        """Send what a walk found (kept as (namespace, generation) when given), or
+        NXDOMAIN."""
         if isinstance(out, Failure):
             self.failure_log.warn("autopath for %s failed: %s", query.name,
                                   out.getTraceback())
             out = None
         if out is None:
             return self._nxdomain(query, data, encloser, started, tcp)
-        if namespace is not None:
-            self.autopath.keep(namespace, data, tcp, out)
+        if kept_as is not None:
+            self.autopath.keep(kept_as[0], data, tcp, out, kept_as[1])
         system = "auth" if out[2] & 0x04 else "recursive"
         self.metrics.observe(system, time.perf_counter() - started, out, data, tcp,
                              query.qtype)

@@ -362,3 +362,29 @@ def test_the_in_process_bench_runs():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert "walked each time" in out.stdout
+
+
+def test_a_walk_that_began_before_a_change_keeps_nothing():
+    """In process: an answer found by a walk is kept only if no record of the domain
+    (outside pod/) changed since the walk began (it may have waited for an upstream)."""
+    from skydns.autopath import Autopath
+    from skydns.config import Config
+    from skydns.store import RecordStore
+    store = RecordStore()
+    store.replace_all([(f"{CPREFIX}/pod/default/{dashed(POD)}/c3", kube_value(POD), 0)], 1)
+    autopath = Autopath(store, Config(domain=D, nameservers=["127.0.0.1:9"], autopath=True,
+                                      autopath_search=[]))
+    data = dns.message.make_query(asked("x"), "A").to_wire()
+    reply = b"\x00\x00\x84\x00" + bytes(8)  # AA
+    began = autopath.generation
+    store.apply_events([("put", f"{CPREFIX}/pod/default/10-1-1-1/d", kube_value("10.1.1.1"),
+                         0)], 2)
+    autopath.keep("default", data, False, reply, began)  # a pod record: still current
+    assert autopath.kept("default", data, False) is not None
+    began = autopath.generation
+    store.apply_events([("put", f"{CPREFIX}/svc/default/x/e", kube_value("10.0.0.9"), 0)], 3)
+    assert autopath.kept("default", data, False) is None  # dropped by the change
+    autopath.keep("default", data, False, reply, began)   # found before it: not kept
+    assert autopath.kept("default", data, False) is None
+    autopath.keep("default", data, False, reply, autopath.generation)
+    assert autopath.kept("default", data, False) is not None
