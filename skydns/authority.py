@@ -138,18 +138,26 @@ class Authority:
         domain = self.config.domain_text
         return text == domain or text.endswith("." + domain)
 
-    def ttl(self, record, result) -> int:
+    def ttl(self, record) -> int:
+        """A record's TTL now: its own (or -ttl), its zone's (-zone-ttl), capped by what
+        is left of its etcd lease."""
         ttl, fixed = record.ttl or self.config.ttl, record.ttl
         if self.config.zone_ttls:
             zone = self.zone_of_key(record.key)
             if zone is not None:
                 ttl = fixed = zone.ttl
         if record.lease:
-            result.cacheable = False
             remaining = self.store.remaining_lease(record.lease)
             if remaining is not None:
                 ttl = min(ttl, remaining) if fixed else remaining
         return ttl
+
+    def answer_ttl(self, record, result) -> int:
+        """The TTL of a record that goes into ``result``. A leased record's TTL runs down
+        with its lease, so an answer holding one is not kept (``result.cacheable``)."""
+        if record.lease:
+            result.cacheable = False
+        return self.ttl(record)
 
     def zone_of_key(self, key: str):
         """The closest ``-zone-ttl`` zone holding an etcd key, or None."""
@@ -197,13 +205,13 @@ class Authority:
     def records(self, labels, result, srv=False, group=True):
         """Records at and below ``labels`` (wildcards allowed), deduplicated and grouped.
 
-        Returns None when the name does not exist. Without ``srv``, records below an
-        underscore label are left out (they are SRV data).
+        Raises NameNotFound when the name does not exist. Without ``srv``, records below
+        an underscore label are left out (they are SRV data).
         """
         nodes = self.store.match(labels, WILDCARDS)
         self.depend(labels, result, bool(nodes))
         if not nodes:
-            return None
+            raise NameNotFound()
         seen = {}  # identity -> index in records
         records = []
         for found_labels, node in nodes:
@@ -292,8 +300,8 @@ class Authority:
             elif qtype == T.SRV:
                 records = yield from self.srv_records(qname, lookup_labels, result)
             else:
-                if not apex and self.records(lookup_labels, result, srv=True) is None:
-                    raise NameNotFound()
+                if not apex:
+                    self.records(lookup_labels, result, srv=True)  # NXDOMAIN or NODATA
                 records = []
         except NameNotFound:
             return self.negative(result, not apex, qname)
@@ -322,8 +330,6 @@ class Authority:
     def address_records(self, owner, lookup, labels, qtype, result, previous):
         """A/AAAA for ``lookup``, owned by ``owner``; name hosts become chased CNAMEs."""
         records = self.records(labels, result)
-        if records is None:
-            raise NameNotFound()
         if attribute_name(labels):
             return []  # a chase into an SRV attribute name finds no addresses
         out = []
@@ -332,7 +338,7 @@ class Authority:
         for record in records:
             if record.ip is not None:
                 if record.family == want_family:
-                    out.append((owner, qtype, self.ttl(record, result), record.ip.packed))
+                    out.append((owner, qtype, self.answer_ttl(record, result), record.ip.packed))
                 continue
             target = record.target
             if target is None or target == owner or cname_owner:
@@ -340,7 +346,7 @@ class Authority:
             chain = previous + (owner,)
             if len(chain) > MAX_CNAME_DEPTH or target in chain:
                 continue  # too deep, or a loop
-            cname = (owner, T.CNAME, self.ttl(record, result), target)
+            cname = (owner, T.CNAME, self.answer_ttl(record, result), target)
             if self.in_domain(target):
                 try:
                     chased = yield from self.address_records(
@@ -380,8 +386,6 @@ class Authority:
 
     def srv_records(self, qname, labels, result):
         records = self.records(labels, result, srv=True)
-        if records is None:
-            raise NameNotFound()
         records = [r for r in records if r.ip is not None or r.target is not None]
         totals = self.weights(records)
         out = []
@@ -389,25 +393,28 @@ class Authority:
         for record in records:
             priority = record.priority or self.config.priority
             weight = 100 * (record.weight or 100) // totals[priority]
-            ttl = self.ttl(record, result)
+            ttl = self.answer_ttl(record, result)
             if record.ip is not None:
                 target = strip_labels(self.record_name(record), record.targetstrip)
             else:
                 target = strip_labels(record.target, record.targetstrip)
             out.append((qname, T.SRV, ttl, (priority, weight, record.port, target)))
-            if record.ip is not None:
-                result.additional.append(self.glue(target, record, ttl))
-                continue
-            if target in looked_up:
-                continue
-            looked_up.add(target)
-            extra = yield from self.target_addresses(target, result)
-            result.additional.extend(extra)
+            yield from self.target_and_glue(record, target, ttl, result, looked_up)
         return out
 
     @staticmethod
     def glue(name, record, ttl):
         return (name, T.A if record.family == 4 else T.AAAA, ttl, record.ip.packed)
+
+    def target_and_glue(self, record, target, ttl, result, looked_up: set):
+        """The additional records for an SRV or MX target: the record's own address as
+        glue when it has one, else the target's addresses (once per target)."""
+        if record.ip is not None:
+            result.additional.append(self.glue(target, record, ttl))
+        elif target not in looked_up:
+            looked_up.add(target)
+            extra = yield from self.target_addresses(target, result)
+            result.additional.extend(extra)
 
     def target_addresses(self, target, result):
         """A and AAAA (with CNAMEs) for an SRV/MX target, in-domain or upstream."""
@@ -426,32 +433,21 @@ class Authority:
 
     def mx_records(self, qname, labels, result):
         records = self.records(labels, result, group=False)
-        if records is None:
-            raise NameNotFound()
         out = []
         looked_up = set()
         for record in records:
             if not record.mail or (record.ip is None and record.target is None):
                 continue
             preference = record.priority or self.config.priority
-            ttl = self.ttl(record, result)
-            if record.ip is not None:
-                target = self.record_name(record)
-                result.additional.append(self.glue(target, record, ttl))
-            else:
-                target = record.target
-                if target not in looked_up:
-                    looked_up.add(target)
-                    extra = yield from self.target_addresses(target, result)
-                    result.additional.extend(extra)
+            ttl = self.answer_ttl(record, result)
+            target = self.record_name(record) if record.ip is not None else record.target
+            yield from self.target_and_glue(record, target, ttl, result, looked_up)
             out.append((qname, T.MX, ttl, (preference, target)))
         return out
 
     def txt_records(self, qname, labels, result):
         records = self.records(labels, result)
-        if records is None:
-            raise NameNotFound()
-        return [(qname, T.TXT, self.ttl(r, result), split_txt(r.text))
+        return [(qname, T.TXT, self.answer_ttl(r, result), split_txt(r.text))
                 for r in records if r.text]
 
     def cname_records(self, qname, labels, result):
@@ -463,18 +459,21 @@ class Authority:
         record = self.store.record_at(node, labels)
         if record is None or record.target is None:
             return []
-        return [(qname, T.CNAME, self.ttl(record, result), record.target)]
+        return [(qname, T.CNAME, self.answer_ttl(record, result), record.target)]
 
     def ns_records(self, qname, result):
         """NS at the apex: the names of the records under ns.dns.<domain>, with glue."""
         ns_labels = text_labels("ns.dns." + self.config.domain_text)
-        records = self.records(ns_labels, result, srv=True, group=False) or []
+        try:
+            records = self.records(ns_labels, result, srv=True, group=False)
+        except NameNotFound:
+            records = []
         out = []
         for record in records:
             if record.ip is None:
                 continue
             target = self.record_name(record)
-            ttl = self.ttl(record, result)
+            ttl = self.answer_ttl(record, result)
             out.append((qname, T.NS, ttl, target))
             result.additional.append(self.glue(target, record, ttl))
         return out
@@ -487,7 +486,7 @@ class Authority:
         self.depend(labels, result, record is not None)
         if record is None or record.target is None:
             return None
-        result.answer = [(qname, T.PTR, self.ttl(record, result), record.target)]
+        result.answer = [(qname, T.PTR, self.answer_ttl(record, result), record.target)]
         return result
 
     # -- for DNSSEC denial ---------------------------------------------------------------

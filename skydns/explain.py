@@ -23,8 +23,8 @@ import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer
 
-from .authority import (WILDCARDS, Authority, Result, attribute_name, labels_of,
-                        name_text)
+from .authority import (WILDCARDS, Authority, NameNotFound, Result, attribute_name,
+                        labels_of, name_text)
 from .record import labels_to_name
 from .resolver import REVERSE_ZONES
 
@@ -52,7 +52,11 @@ class ExplainingAuthority(Authority):
         self.steps = steps
 
     def records(self, labels, result, srv=False, group=True):
-        chosen = super().records(labels, result, srv, group)
+        try:
+            chosen = super().records(labels, result, srv, group)
+        except NameNotFound:
+            self.steps.append(self.lookup_step(labels, srv, group, None))
+            raise
         self.steps.append(self.lookup_step(labels, srv, group, chosen))
         return chosen
 
@@ -69,7 +73,7 @@ class ExplainingAuthority(Authority):
         step["found"] = True
         used = {record.key for record in chosen}
         ungrouped = {record.key: record for record in
-                     (super().records(labels, Result(), srv, group=False) or [])}
+                     super().records(labels, Result(), srv, group=False)}
         kept_identity = {record.identity(): record.key for record in ungrouped.values()}
         chosen_group = next((record.group for record in chosen if record.group), "")
         out = []
