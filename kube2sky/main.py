@@ -27,7 +27,9 @@ from .state import DesiredState
 
 log = logging.getLogger("kube2sky")
 
-# (name, type, default, help): each accepted as --a-b, -a-b, --a_b and -a_b.
+# (name, type, default, help, environment variable or None): each flag is accepted as
+# --a-b, -a-b, --a_b and -a_b; the variable is read when the flag is not given. A type
+# that is a tuple is the values the flag may take.
 FLAGS = [
     ("domain", str, "cluster.local", "domain the records are for"),
     ("etcd-server", str, "http://127.0.0.1:4001", "etcd URL(s), comma-separated"),
@@ -44,7 +46,8 @@ FLAGS = [
     ("endpoint-ip-names", "bool", True, "also name a headless endpoint without a hostname "
                                         "by its dashed IP (a-b-c-d.<svc>.<ns>.svc.<domain>, "
                                         "as CoreDNS)"),
-    ("endpoints-source", str, "auto", "auto, endpointslices or endpoints"),
+    ("endpoints-source", ("auto", "endpointslices", "endpoints"), "auto",
+     "auto, endpointslices or endpoints"),
     ("external-zone", str, "", "k8s_external: comma-separated zones under which each "
                                "service's external addresses (externalIPs, load balancer "
                                "ingress) are written as <svc>.<ns>.<zone> (serve them with "
@@ -53,11 +56,11 @@ FLAGS = [
     ("external-ns-service", str, "", "NAMESPACE/NAME of the service whose external "
                                      "addresses are the external zones' name servers "
                                      "(ns.dns.<zone>: NS and glue at the zone's apex)"),
-    ("ca-cert", str, "", "CA certificate for etcd TLS [$ETCD_CACERT]"),
-    ("tls-key", str, "", "etcd client TLS key [$ETCD_TLSKEY]"),
-    ("tls-pem", str, "", "etcd client TLS certificate [$ETCD_TLSPEM]"),
-    ("username", str, "", "etcd user [$ETCD_USERNAME]"),
-    ("password", str, "", "etcd password [$ETCD_PASSWORD]"),
+    ("ca-cert", str, "", "CA certificate for etcd TLS", "ETCD_CACERT"),
+    ("tls-key", str, "", "etcd client TLS key", "ETCD_TLSKEY"),
+    ("tls-pem", str, "", "etcd client TLS certificate", "ETCD_TLSPEM"),
+    ("username", str, "", "etcd user", "ETCD_USERNAME"),
+    ("password", str, "", "etcd password", "ETCD_PASSWORD"),
     ("leader-elect", "bool", False, "elect one writer among several replicas through etcd; "
                                     "the others keep their state and stand by"),
     ("leader-elect-lease-duration", parse_duration, 15.0, "TTL of the leader's etcd lease: "
@@ -66,8 +69,6 @@ FLAGS = [
     ("leader-elect-identity", str, "", "this replica's name in the election key (default: "
                                        "the hostname, a pod's name)"),
 ]
-ENV = {"ca-cert": "ETCD_CACERT", "tls-key": "ETCD_TLSKEY", "tls-pem": "ETCD_TLSPEM",
-       "username": "ETCD_USERNAME", "password": "ETCD_PASSWORD"}
 
 
 def build_parser():
@@ -75,12 +76,16 @@ def build_parser():
         prog="kube2sky", allow_abbrev=False,
         description="Sync Kubernetes Services, Endpoints/EndpointSlices and Pods into "
                     "SkyDNS records in etcd. Flags: --a-b or -a_b (both spellings).")
-    for name, typ, default, helptext in FLAGS:
+    for name, typ, default, helptext, *env in FLAGS:
         under = name.replace("-", "_")
         spellings = list(dict.fromkeys([f"--{name}", f"-{name}", f"--{under}", f"-{under}"]))
         kwargs = {"dest": under, "default": default, "help": helptext}
+        if env:
+            kwargs["help"] += f" [${env[0]}]"
         if typ == "bool":
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+        elif isinstance(typ, tuple):
+            kwargs.update(choices=typ)
         else:
             kwargs.update(type=typ, metavar=under.upper())
         parser.add_argument(*spellings, **kwargs)
@@ -90,13 +95,10 @@ def build_parser():
 def parse_args(argv=None, environ=None):
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
-    for name, env in ENV.items():
+    for name, _, _, _, *env in FLAGS:
         attr = name.replace("-", "_")
-        if not getattr(args, attr) and environ.get(env):
-            setattr(args, attr, environ[env])
-    if args.endpoints_source not in ("auto", "endpointslices", "endpoints"):
-        raise SystemExit("kube2sky: --endpoints-source must be auto, endpointslices or "
-                         "endpoints")
+        if env and not getattr(args, attr) and environ.get(env[0]):
+            setattr(args, attr, environ[env[0]])
     args.external_zones = [z.strip().lower().rstrip(".") + "."
                            for z in args.external_zone.split(",") if z.strip()]
     for zone in args.external_zones:

@@ -33,147 +33,6 @@ class ConfigError(ValueError):
     """A flag, environment variable or /skydns/config value that cannot be used."""
 
 
-@dataclasses.dataclass
-class Config:
-    addr: str = "127.0.0.1:53"
-    domain: str = "skydns.local."
-    machines: list = dataclasses.field(default_factory=lambda: ["http://127.0.0.1:2379"])
-    nameservers: list = dataclasses.field(default_factory=list)
-    local: str = ""
-    hostmaster: str = "hostmaster@skydns.local."
-    dnssec: str = ""
-    no_rec: bool = False
-    round_robin: bool = True
-    ns_rotate: bool = True
-    rtimeout: float = 2.0
-    rcache: int = 10000
-    rcache_ttl: int = 60
-    rcache_stale: int = 3600
-    rcache_prefetch: int = 3
-    rcache_mb: int = 16
-    answer_cache_mb: int = 32
-    max_concurrent: int = 1000
-    scache: int = 10000
-    ndots: int = 2
-    path_prefix: str = "skydns"
-    stubzones: bool = False
-    verbose: bool = False
-    tls_key: str = ""
-    tls_pem: str = ""
-    ca_cert: str = ""
-    username: str = ""
-    password: str = ""
-    ttl: int = 3600
-    min_ttl: int = 60
-    zone_ttl: str = ""
-    priority: int = 10
-    healthz_port: int = 8080
-    healthz_addr: str = "0.0.0.0"
-    healthz_query: str = ""
-    prometheus_port: int = 0
-    prometheus_path: str = "/metrics"
-    workers: int = 1
-    max_udp_size: int = 1232
-    lameduck: float = 5.0
-    nsid: str = ""
-    loop_probe: bool = True
-    log_queries: int = 0
-    dot_addr: str = ""
-    dot_cert: str = ""
-    dot_key: str = ""
-    transfer_to: list = dataclasses.field(default_factory=list)
-    autopath: bool = False
-    autopath_search: list | None = None  # None: resolv.conf's search domains
-
-    def __post_init__(self):
-        self.normalize()
-
-    def normalize(self):
-        """Canonical forms (absolute lower-case domain, hostmaster as a name) and checks."""
-        self.domain = _absolute(self.domain)
-        if self.local:
-            self.local = _absolute(self.local)
-        if not re.match(r"^[A-Za-z0-9_\-]+$", self.path_prefix):
-            raise ConfigError(f"path prefix {self.path_prefix!r} must be a single key component")
-        parse_hostport(self.addr, 53)
-        self.nameservers = [_format_hostport(*parse_hostport(ns, 53)) for ns in self.nameservers]
-        for upstream in self.nameservers:
-            problem = forwarding_loop(upstream, self.addr)
-            if problem:
-                raise ConfigError(problem)
-        for name in ("ndots", "ttl", "min_ttl", "priority", "rcache", "rcache_ttl", "scache",
-                     "healthz_port", "prometheus_port", "workers", "rcache_stale",
-                     "rcache_prefetch", "max_concurrent", "rcache_mb", "answer_cache_mb",
-                     "log_queries"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative")
-        if self.workers < 1:
-            raise ConfigError("workers must be at least 1")
-        if not 512 <= self.max_udp_size <= 65535:
-            raise ConfigError("max-udp-size must be within 512..65535")
-        if self.rtimeout <= 0:
-            raise ConfigError("rtimeout must be positive")
-        if self.lameduck < 0:
-            raise ConfigError("lameduck must not be negative")
-        if len(self.nsid.encode()) > 512:
-            raise ConfigError("nsid must be at most 512 bytes")
-        if self.dot_addr:
-            parse_hostport(self.dot_addr, 853)
-            if not (self.dot_cert and self.dot_key):
-                raise ConfigError("-dot-addr needs -dot-cert and -dot-key (PEM files)")
-        try:
-            self.transfer_networks = parse_networks(self.transfer_to)
-        except ValueError as exc:
-            raise ConfigError(f"transfer-to: {exc}") from None
-        if self.autopath_search is not None:
-            self.autopath_search = [_absolute(name) for name in self.autopath_search]
-        self.zone_ttls  # parsed (and checked) once per Config
-
-    # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
-    # the general query path asks for them on every query.
-    @functools.cached_property
-    def domain_name(self) -> dns.name.Name:
-        return dns.name.from_text(self.domain)
-
-    @functools.cached_property
-    def hostmaster_name(self) -> dns.name.Name:
-        """``hostmaster@skydns.local.`` -> ``hostmaster.skydns.local.`` (SOA rname)."""
-        return dns.name.from_text(_absolute(self.hostmaster.replace("@", ".", 1)))
-
-    @functools.cached_property
-    def local_dns_name(self) -> dns.name.Name:
-        return dns.name.from_text("local.dns", self.domain_name)
-
-    # The same names as lower-case absolute text, which the query semantics work with.
-    @functools.cached_property
-    def domain_text(self) -> str:
-        return self.domain_name.to_text().lower()
-
-    @functools.cached_property
-    def hostmaster_text(self) -> str:
-        return self.hostmaster_name.to_text().lower()
-
-    @functools.cached_property
-    def local_dns_text(self) -> str:
-        return self.local_dns_name.to_text().lower()
-
-    @functools.cached_property
-    def stub_labels(self) -> tuple:
-        """Key labels of stub.dns.<domain>, where stub-zone servers are stored."""
-        return tuple(reversed(name_labels("stub.dns." + self.domain)))
-
-    @functools.cached_property
-    def zone_ttls(self) -> tuple:
-        """``-zone-ttl`` as ZoneTTLs, longest name first, so the first match is the
-        closest zone."""
-        return tuple(ZoneTTL(name, name_to_key(name, self.path_prefix), ttl, negative)
-                     for name, ttl, negative in parse_zone_ttls(self.zone_ttl, self.domain))
-
-    @property
-    def listen(self) -> tuple[str, int]:
-        return parse_hostport(self.addr, 53)
-
-
 def _absolute(name: str) -> str:
     name = name.strip().lower()
     if not name.endswith("."):
@@ -362,89 +221,275 @@ def forwarding_loop(upstream: str, listen: str) -> str | None:
     return None
 
 
-# (flag, attribute, type, environment variable, help)
-_FLAGS = [
-    ("addr", "addr", str, "SKYDNS_ADDR", "ip:port to serve DNS on (UDP and TCP)"),
-    ("domain", "domain", str, "SKYDNS_DOMAIN", "domain to be authoritative for"),
-    ("machines", "machines", _split_list, "ETCD_MACHINES", "comma-separated etcd URLs"),
-    ("nameservers", "nameservers", _split_list, "SKYDNS_NAMESERVERS",
-     "comma-separated upstream host:port (default: from /etc/resolv.conf)"),
-    ("local", "local", str, None, "name that local.dns.<domain> answers for"),
-    ("hostmaster", "hostmaster", str, None, "SOA hostmaster mailbox"),
-    ("dnssec", "dnssec", str, None, "base path of a BIND DNSSEC key pair; enables signing"),
-    ("no-rec", "no_rec", parse_bool, None, "do not forward names outside the domain"),
-    ("round-robin", "round_robin", parse_bool, None, "rotate A/AAAA/SRV answers"),
-    ("ns-rotate", "ns_rotate", parse_bool, None, "rotate the upstream name servers per query"),
-    ("rtimeout", "rtimeout", parse_duration, None, "upstream read timeout (Go duration)"),
-    ("rcache", "rcache", int, None, "response cache size for forwarded answers (0: off)"),
-    ("rcache-ttl", "rcache_ttl", int, None,
-     "longest time in seconds a forwarded answer is cached (upstream TTLs can only lower it)"),
-    ("rcache-stale", "rcache_stale", int, None,
-     "seconds past expiry a cached answer is served (TTL 30) when no upstream answers (0: off)"),
-    ("rcache-prefetch", "rcache_prefetch", int, None,
-     "hits after which an entry is refreshed shortly before it expires (0: off)"),
-    ("rcache-mb", "rcache_mb", int, None,
-     "most MiB the forwarded answers may take; the least recently used go first (0: off)"),
-    ("answer-cache-mb", "answer_cache_mb", int, None,
-     "most MiB the prebuilt answers for the domain's names may take; the oldest go first "
-     "(0: every answer computed afresh)"),
-    ("max-concurrent", "max_concurrent", int, None,
-     "most queries upstream at once; more get SERVFAIL at once (0: no limit)"),
-    ("scache", "scache", int, None, "DNSSEC signature cache size"),
-    ("ndots", "ndots", int, "SKYDNS_NDOTS", "names with fewer labels are not forwarded"),
-    ("path-prefix", "path_prefix", str, "SKYDNS_PATH_PREFIX", "etcd key prefix"),
-    ("stubzones", "stubzones", parse_bool, None, "forward stub zones from stub.dns.<domain>"),
-    ("verbose", "verbose", parse_bool, None, "log every query"),
-    ("log-queries", "log_queries", int, "SKYDNS_LOG_QUERIES",
-     "log one line per answered query in CoreDNS's common log format, at most this many "
-     "a second (the rest are counted; 0: off)"),
-    ("tls-key", "tls_key", str, "ETCD_TLSKEY", "etcd client TLS key"),
-    ("tls-pem", "tls_pem", str, "ETCD_TLSPEM", "etcd client TLS certificate"),
-    ("ca-cert", "ca_cert", str, "ETCD_CACERT", "CA certificate for etcd TLS"),
-    ("username", "username", str, "ETCD_USERNAME", "etcd user"),
-    ("password", "password", str, "ETCD_PASSWORD", "etcd password"),
-    ("ttl", "ttl", int, None, "default record TTL"),
-    ("min-ttl", "min_ttl", int, None, "TTL of the SOA in negative answers"),
-    ("zone-ttl", "zone_ttl", str, "SKYDNS_ZONE_TTL",
-     "NAME=TTL[/NEGATIVE],...: TTL of every record at and below NAME (instead of its own "
-     "ttl; a lease still caps it) and of the SOA in negative answers there, as CoreDNS's "
-     "ttl (e.g. cluster.local.=5)"),
-    ("priority", "priority", int, None, "default SRV priority / MX preference"),
-    ("healthz-port", "healthz_port", int, "SKYDNS_HEALTHZ_PORT",
-     "HTTP port for /healthz (0: off)"),
-    ("healthz-addr", "healthz_addr", str, None, "address for the /healthz listener"),
-    ("healthz-query", "healthz_query", str, "SKYDNS_HEALTHZ_QUERY",
-     "name that /healthz resolves through the server itself (A query)"),
-    ("workers", "workers", int, "SKYDNS_WORKERS",
-     "processes sharing the DNS port with SO_REUSEPORT"),
-    ("max-udp-size", "max_udp_size", int, "SKYDNS_MAX_UDP_SIZE",
-     "largest UDP reply whatever buffer a client claims; larger ones are truncated (TC)"),
-    ("nsid", "nsid", str, "SKYDNS_NSID",
-     "name server identifier (RFC 5001, e.g. the pod name) sent to queries that ask for "
-     "it, so a client can tell which replica answered (empty: off)"),
-    ("dot-addr", "dot_addr", str, "SKYDNS_DOT_ADDR",
-     "ip:port to serve DNS over TLS on (RFC 7858, port 853 by default; empty: off)"),
-    ("dot-cert", "dot_cert", str, "SKYDNS_DOT_CERT",
-     "PEM file with the DNS-over-TLS certificate, then any intermediates"),
-    ("dot-key", "dot_key", str, "SKYDNS_DOT_KEY", "PEM file with its private key"),
-    ("loop-probe", "loop_probe", parse_bool, None,
-     "at start, send each private upstream a probe name and report a forwarding loop "
-     "(unhealthy, with the upstream) if it comes back to this server"),
-    ("transfer-to", "transfer_to", _split_list, "SKYDNS_TRANSFER_TO",
-     "comma-separated addresses and CIDRs (* for anyone) allowed to transfer the domain "
-     "(AXFR over TCP), as CoreDNS's transfer plugin (empty: refused to all)"),
-    ("autopath", "autopath", parse_bool, "SKYDNS_AUTOPATH",
-     "answer a pod's query for NAME.<its namespace>.svc.<domain> that does not exist with "
-     "the first name of its search path that does (a CNAME to it), as CoreDNS's autopath; "
-     "the pod is told by its IP from the pod records in etcd"),
-    ("autopath-search", "autopath_search", _split_list, "SKYDNS_AUTOPATH_SEARCH",
-     "comma-separated search domains autopath tries after the cluster's own, as kubelet "
-     "appends them to pods (default: the search line of /etc/resolv.conf)"),
-    ("lameduck", "lameduck", parse_duration, "SKYDNS_LAMEDUCK",
-     "on SIGTERM, keep answering DNS this long (Go duration) while /healthz and /readyz "
-     "fail, so the Service drops this replica first; SIGINT or a second signal stops at "
-     "once (0: no lameduck)"),
-]
+def setting(helptext: str, parse=str, env: str | None = None, etcd=None, flag=True):
+    """What describes one setting, once: its help, how a flag's or an environment
+    variable's text is parsed, the variable (``env``), the /skydns/config key and the
+    type it must have there (``etcd``: (key, type), type None for read_timeout's Go
+    duration), and whether it is a flag (named as the attribute, ``_`` -> ``-``)."""
+    return {"help": helptext, "parse": parse, "env": env, "etcd": etcd, "flag": flag}
+
+
+@dataclasses.dataclass
+class Config:
+    """skydns's settings: defaults, then environment variables, then flags (``from_args``),
+    then /skydns/config (``apply_etcd_config``), all built from the fields' metadata."""
+
+    addr: str = dataclasses.field(default="127.0.0.1:53", metadata=setting(
+        "ip:port to serve DNS on (UDP and TCP)",
+        env="SKYDNS_ADDR", etcd=("dns_addr", str)))
+    domain: str = dataclasses.field(default="skydns.local.", metadata=setting(
+        "domain to be authoritative for",
+        env="SKYDNS_DOMAIN", etcd=("domain", str)))
+    machines: list = dataclasses.field(
+        default_factory=lambda: ["http://127.0.0.1:2379"], metadata=setting(
+        "comma-separated etcd URLs",
+        parse=_split_list, env="ETCD_MACHINES"))
+    nameservers: list = dataclasses.field(default_factory=list, metadata=setting(
+        "comma-separated upstream host:port (default: from /etc/resolv.conf)",
+        parse=_split_list, env="SKYDNS_NAMESERVERS", etcd=("nameservers", list)))
+    local: str = dataclasses.field(default="", metadata=setting(
+        "name that local.dns.<domain> answers for",
+        etcd=("local", str)))
+    hostmaster: str = dataclasses.field(
+        default="hostmaster@skydns.local.", metadata=setting(
+        "SOA hostmaster mailbox",
+        etcd=("hostmaster", str)))
+    dnssec: str = dataclasses.field(default="", metadata=setting(
+        "base path of a BIND DNSSEC key pair; enables signing",
+        etcd=("dnssec", str)))
+    no_rec: bool = dataclasses.field(default=False, metadata=setting(
+        "do not forward names outside the domain",
+        parse=parse_bool, etcd=("no_rec", parse_bool)))
+    round_robin: bool = dataclasses.field(default=True, metadata=setting(
+        "rotate A/AAAA/SRV answers",
+        parse=parse_bool, etcd=("round_robin", parse_bool)))
+    ns_rotate: bool = dataclasses.field(default=True, metadata=setting(
+        "rotate the upstream name servers per query",
+        parse=parse_bool, etcd=("ns_rotate", parse_bool)))
+    rtimeout: float = dataclasses.field(default=2.0, metadata=setting(
+        "upstream read timeout (Go duration)",
+        parse=parse_duration, etcd=("read_timeout", None)))
+    rcache: int = dataclasses.field(default=10000, metadata=setting(
+        "response cache size for forwarded answers (0: off)",
+        parse=int, etcd=("rcache", int)))
+    rcache_ttl: int = dataclasses.field(default=60, metadata=setting(
+        "longest time in seconds a forwarded answer is cached (upstream TTLs can only "
+        "lower it)",
+        parse=int, etcd=("rcache_ttl", int)))
+    rcache_stale: int = dataclasses.field(default=3600, metadata=setting(
+        "seconds past expiry a cached answer is served (TTL 30) when no upstream "
+        "answers (0: off)",
+        parse=int, etcd=("rcache_stale", int)))
+    rcache_prefetch: int = dataclasses.field(default=3, metadata=setting(
+        "hits after which an entry is refreshed shortly before it expires (0: off)",
+        parse=int, etcd=("rcache_prefetch", int)))
+    rcache_mb: int = dataclasses.field(default=16, metadata=setting(
+        "most MiB the forwarded answers may take; the least recently used go first (0: "
+        "off)",
+        parse=int, etcd=("rcache_mb", int)))
+    answer_cache_mb: int = dataclasses.field(default=32, metadata=setting(
+        "most MiB the prebuilt answers for the domain's names may take; the oldest go "
+        "first (0: every answer computed afresh)",
+        parse=int, etcd=("answer_cache_mb", int)))
+    max_concurrent: int = dataclasses.field(default=1000, metadata=setting(
+        "most queries upstream at once; more get SERVFAIL at once (0: no limit)",
+        parse=int, etcd=("max_concurrent", int)))
+    scache: int = dataclasses.field(default=10000, metadata=setting(
+        "DNSSEC signature cache size",
+        parse=int, etcd=("scache", int)))
+    ndots: int = dataclasses.field(default=2, metadata=setting(
+        "names with fewer labels are not forwarded",
+        parse=int, env="SKYDNS_NDOTS", etcd=("ndot", int)))
+    path_prefix: str = dataclasses.field(default="skydns", metadata=setting(
+        "etcd key prefix",
+        env="SKYDNS_PATH_PREFIX"))
+    stubzones: bool = dataclasses.field(default=False, metadata=setting(
+        "forward stub zones from stub.dns.<domain>",
+        parse=parse_bool))
+    verbose: bool = dataclasses.field(default=False, metadata=setting(
+        "log every query",
+        parse=parse_bool))
+    log_queries: int = dataclasses.field(default=0, metadata=setting(
+        "log one line per answered query in CoreDNS's common log format, at most this "
+        "many a second (the rest are counted; 0: off)",
+        parse=int, env="SKYDNS_LOG_QUERIES"))
+    tls_key: str = dataclasses.field(default="", metadata=setting(
+        "etcd client TLS key",
+        env="ETCD_TLSKEY"))
+    tls_pem: str = dataclasses.field(default="", metadata=setting(
+        "etcd client TLS certificate",
+        env="ETCD_TLSPEM"))
+    ca_cert: str = dataclasses.field(default="", metadata=setting(
+        "CA certificate for etcd TLS",
+        env="ETCD_CACERT"))
+    username: str = dataclasses.field(default="", metadata=setting(
+        "etcd user",
+        env="ETCD_USERNAME"))
+    password: str = dataclasses.field(default="", metadata=setting(
+        "etcd password",
+        env="ETCD_PASSWORD"))
+    ttl: int = dataclasses.field(default=3600, metadata=setting(
+        "default record TTL",
+        parse=int, etcd=("ttl", int)))
+    min_ttl: int = dataclasses.field(default=60, metadata=setting(
+        "TTL of the SOA in negative answers",
+        parse=int, etcd=("min_ttl", int)))
+    zone_ttl: str = dataclasses.field(default="", metadata=setting(
+        "NAME=TTL[/NEGATIVE],...: TTL of every record at and below NAME (instead of its "
+        "own ttl; a lease still caps it) and of the SOA in negative answers there, as "
+        "CoreDNS's ttl (e.g. cluster.local.=5)",
+        env="SKYDNS_ZONE_TTL", etcd=("zone_ttl", str)))
+    priority: int = dataclasses.field(default=10, metadata=setting(
+        "default SRV priority / MX preference",
+        parse=int, etcd=("priority", int)))
+    healthz_port: int = dataclasses.field(default=8080, metadata=setting(
+        "HTTP port for /healthz (0: off)",
+        parse=int, env="SKYDNS_HEALTHZ_PORT"))
+    healthz_addr: str = dataclasses.field(default="0.0.0.0", metadata=setting(
+        "address for the /healthz listener"))
+    healthz_query: str = dataclasses.field(default="", metadata=setting(
+        "name that /healthz resolves through the server itself (A query)",
+        env="SKYDNS_HEALTHZ_QUERY"))
+    workers: int = dataclasses.field(default=1, metadata=setting(
+        "processes sharing the DNS port with SO_REUSEPORT",
+        parse=int, env="SKYDNS_WORKERS"))
+    max_udp_size: int = dataclasses.field(default=1232, metadata=setting(
+        "largest UDP reply whatever buffer a client claims; larger ones are truncated "
+        "(TC)",
+        parse=int, env="SKYDNS_MAX_UDP_SIZE", etcd=("max_udp_size", int)))
+    nsid: str = dataclasses.field(default="", metadata=setting(
+        "name server identifier (RFC 5001, e.g. the pod name) sent to queries that ask "
+        "for it, so a client can tell which replica answered (empty: off)",
+        env="SKYDNS_NSID"))
+    dot_addr: str = dataclasses.field(default="", metadata=setting(
+        "ip:port to serve DNS over TLS on (RFC 7858, port 853 by default; empty: off)",
+        env="SKYDNS_DOT_ADDR"))
+    dot_cert: str = dataclasses.field(default="", metadata=setting(
+        "PEM file with the DNS-over-TLS certificate, then any intermediates",
+        env="SKYDNS_DOT_CERT"))
+    dot_key: str = dataclasses.field(default="", metadata=setting(
+        "PEM file with its private key",
+        env="SKYDNS_DOT_KEY"))
+    loop_probe: bool = dataclasses.field(default=True, metadata=setting(
+        "at start, send each private upstream a probe name and report a forwarding loop "
+        "(unhealthy, with the upstream) if it comes back to this server",
+        parse=parse_bool))
+    transfer_to: list = dataclasses.field(default_factory=list, metadata=setting(
+        "comma-separated addresses and CIDRs (* for anyone) allowed to transfer the "
+        "domain (AXFR over TCP), as CoreDNS's transfer plugin (empty: refused to all)",
+        parse=_split_list, env="SKYDNS_TRANSFER_TO"))
+    autopath: bool = dataclasses.field(default=False, metadata=setting(
+        "answer a pod's query for NAME.<its namespace>.svc.<domain> that does not exist "
+        "with the first name of its search path that does (a CNAME to it), as CoreDNS's "
+        "autopath; the pod is told by its IP from the pod records in etcd",
+        parse=parse_bool, env="SKYDNS_AUTOPATH"))
+    autopath_search: list | None = dataclasses.field(default=None, metadata=setting(
+        "comma-separated search domains autopath tries after the cluster's own, as "
+        "kubelet appends them to pods (default: the search line of /etc/resolv.conf)",
+        parse=_split_list, env="SKYDNS_AUTOPATH_SEARCH"))
+    lameduck: float = dataclasses.field(default=5.0, metadata=setting(
+        "on SIGTERM, keep answering DNS this long (Go duration) while /healthz and "
+        "/readyz fail, so the Service drops this replica first; SIGINT or a second "
+        "signal stops at once (0: no lameduck)",
+        parse=parse_duration, env="SKYDNS_LAMEDUCK"))
+    prometheus_port: int = dataclasses.field(default=0, metadata=setting(
+        "HTTP port serving Prometheus metrics (0: off)", parse=int, env="PROMETHEUS_PORT",
+        flag=False))
+    prometheus_path: str = dataclasses.field(default="/metrics", metadata=setting(
+        "path of the Prometheus metrics", env="PROMETHEUS_PATH", flag=False))
+
+    def __post_init__(self):
+        self.normalize()
+
+    def normalize(self):
+        """Canonical forms (absolute lower-case domain, hostmaster as a name) and checks."""
+        self.domain = _absolute(self.domain)
+        if self.local:
+            self.local = _absolute(self.local)
+        if not re.match(r"^[A-Za-z0-9_\-]+$", self.path_prefix):
+            raise ConfigError(f"path prefix {self.path_prefix!r} must be a single key component")
+        parse_hostport(self.addr, 53)
+        self.nameservers = [_format_hostport(*parse_hostport(ns, 53)) for ns in self.nameservers]
+        for upstream in self.nameservers:
+            problem = forwarding_loop(upstream, self.addr)
+            if problem:
+                raise ConfigError(problem)
+        for name in ("ndots", "ttl", "min_ttl", "priority", "rcache", "rcache_ttl", "scache",
+                     "healthz_port", "prometheus_port", "workers", "rcache_stale",
+                     "rcache_prefetch", "max_concurrent", "rcache_mb", "answer_cache_mb",
+                     "log_queries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if not 512 <= self.max_udp_size <= 65535:
+            raise ConfigError("max-udp-size must be within 512..65535")
+        if self.rtimeout <= 0:
+            raise ConfigError("rtimeout must be positive")
+        if self.lameduck < 0:
+            raise ConfigError("lameduck must not be negative")
+        if len(self.nsid.encode()) > 512:
+            raise ConfigError("nsid must be at most 512 bytes")
+        if self.dot_addr:
+            parse_hostport(self.dot_addr, 853)
+            if not (self.dot_cert and self.dot_key):
+                raise ConfigError("-dot-addr needs -dot-cert and -dot-key (PEM files)")
+        try:
+            self.transfer_networks = parse_networks(self.transfer_to)
+        except ValueError as exc:
+            raise ConfigError(f"transfer-to: {exc}") from None
+        if self.autopath_search is not None:
+            self.autopath_search = [_absolute(name) for name in self.autopath_search]
+        self.zone_ttls  # parsed (and checked) once per Config
+
+    # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
+    # the general query path asks for them on every query.
+    @functools.cached_property
+    def domain_name(self) -> dns.name.Name:
+        return dns.name.from_text(self.domain)
+
+    @functools.cached_property
+    def hostmaster_name(self) -> dns.name.Name:
+        """``hostmaster@skydns.local.`` -> ``hostmaster.skydns.local.`` (SOA rname)."""
+        return dns.name.from_text(_absolute(self.hostmaster.replace("@", ".", 1)))
+
+    @functools.cached_property
+    def local_dns_name(self) -> dns.name.Name:
+        return dns.name.from_text("local.dns", self.domain_name)
+
+    # The same names as lower-case absolute text, which the query semantics work with.
+    @functools.cached_property
+    def domain_text(self) -> str:
+        return self.domain_name.to_text().lower()
+
+    @functools.cached_property
+    def hostmaster_text(self) -> str:
+        return self.hostmaster_name.to_text().lower()
+
+    @functools.cached_property
+    def local_dns_text(self) -> str:
+        return self.local_dns_name.to_text().lower()
+
+    @functools.cached_property
+    def stub_labels(self) -> tuple:
+        """Key labels of stub.dns.<domain>, where stub-zone servers are stored."""
+        return tuple(reversed(name_labels("stub.dns." + self.domain)))
+
+    @functools.cached_property
+    def zone_ttls(self) -> tuple:
+        """``-zone-ttl`` as ZoneTTLs, longest name first, so the first match is the
+        closest zone."""
+        return tuple(ZoneTTL(name, name_to_key(name, self.path_prefix), ttl, negative)
+                     for name, ttl, negative in parse_zone_ttls(self.zone_ttl, self.domain))
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return parse_hostport(self.addr, 53)
+
+
+# (flag, attribute, type, environment variable, help) of the settings that are flags
+_FLAGS = [(f.name.replace("_", "-"), f.name, f.metadata["parse"], f.metadata["env"],
+           f.metadata["help"]) for f in dataclasses.fields(Config) if f.metadata["flag"]]
 _BOOL_TYPES = (parse_bool,)
 
 
@@ -470,19 +515,13 @@ def from_args(argv=None, environ=None) -> Config:
     """Config from defaults, then environment variables, then flags."""
     environ = os.environ if environ is None else environ
     values = {}
-    for _, attr, typ, env, _ in _FLAGS:
+    for field in dataclasses.fields(Config):
+        env = field.metadata["env"]
         if env and environ.get(env):
             try:
-                values[attr] = typ(environ[env])
+                values[field.name] = field.metadata["parse"](environ[env])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise ConfigError(f"${env}: {exc}") from None
-    for env, attr in (("PROMETHEUS_PORT", "prometheus_port"),
-                      ("PROMETHEUS_PATH", "prometheus_path")):
-        if environ.get(env):
-            try:
-                values[attr] = int(environ[env]) if attr == "prometheus_port" else environ[env]
-            except ValueError:
-                raise ConfigError(f"${env} must be a port number") from None
     args = build_parser().parse_args(argv)
     values.update(vars(args))
     if not values.get("nameservers"):
@@ -491,20 +530,9 @@ def from_args(argv=None, environ=None) -> Config:
     return Config(**values)
 
 
-# Keys of /skydns/config and the attributes they set.
-_ETCD_KEYS = {
-    "dns_addr": ("addr", str), "domain": ("domain", str), "local": ("local", str),
-    "hostmaster": ("hostmaster", str), "dnssec": ("dnssec", str),
-    "round_robin": ("round_robin", parse_bool), "ns_rotate": ("ns_rotate", parse_bool),
-    "nameservers": ("nameservers", list), "no_rec": ("no_rec", parse_bool),
-    "read_timeout": ("rtimeout", None), "priority": ("priority", int), "ttl": ("ttl", int),
-    "min_ttl": ("min_ttl", int), "scache": ("scache", int), "rcache": ("rcache", int),
-    "rcache_ttl": ("rcache_ttl", int), "ndot": ("ndots", int),
-    "max_udp_size": ("max_udp_size", int), "rcache_stale": ("rcache_stale", int),
-    "rcache_prefetch": ("rcache_prefetch", int), "max_concurrent": ("max_concurrent", int),
-    "zone_ttl": ("zone_ttl", str), "rcache_mb": ("rcache_mb", int),
-    "answer_cache_mb": ("answer_cache_mb", int),
-}
+# Keys of /skydns/config: the attribute each sets, and the type its value must have.
+_ETCD_KEYS = {f.metadata["etcd"][0]: (f.name, f.metadata["etcd"][1])
+              for f in dataclasses.fields(Config) if f.metadata["etcd"]}
 
 
 def apply_etcd_config(base: Config, value: bytes | str) -> Config:
