@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from procs import Etcd, Skydns, Upstream, wait_for  # noqa: E402
+from procs import Etcd, Skydns, Upstream, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ reference), not a list written out here.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sys
 import threading
 import time
 
@@ -24,8 +22,6 @@ import dns.rcode
 import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 from procs import Etcd, EtcdCluster, Kube2sky, Skydns, wait_for  # noqa: E402
 from kubeemu import Emulator  # noqa: E402

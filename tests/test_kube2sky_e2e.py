@@ -29,8 +29,6 @@ import dns.rdatatype
 import pytest
 from kubernetes import client
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 from procs import BIN, Etcd, Kube2sky, Skydns, Upstream, wait_for  # noqa: E402
 from kubeemu import Emulator  # noqa: E402
 from skydns.record import encode_record, encode_text, fnv1a32_label  # noqa: E402

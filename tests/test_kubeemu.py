@@ -20,9 +20,8 @@ import urllib.request
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+
 
 kubernetes = pytest.importorskip("kubernetes", reason="the kubernetes client is not installed")
 from kubernetes import client, watch  # noqa: E402

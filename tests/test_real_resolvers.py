@@ -28,8 +28,6 @@ import dns.flags
 import dns.rcode
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 from kubeemu import Emulator  # noqa: E402
 from procs import Kube2sky, Skydns, Upstream, tool, wait_for  # noqa: E402
 from resolvers import (Dnsmasq, PodNetns, Unbound, ask, ask_udp, netns_usable,  # noqa: E402
