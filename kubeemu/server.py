@@ -35,7 +35,7 @@ import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ApiError
@@ -171,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- routing -------------------------------------------------------------------------
 
     def _route(self, method: str, path: str, query: dict[str, str], raw: bytes) -> None:
-        emulator = self.server.emulator
+        """Health, discovery, then the resource the path names, by method (``_METHODS``)."""
         parts = [p for p in path.split("/") if p]
         if path in ("/healthz", "/readyz", "/livez"):
             return self._send(200, b"ok", "text/plain")
@@ -179,103 +179,88 @@ class Handler(BaseHTTPRequestHandler):
             discovery = self._discovery(parts)
             if discovery is not None:
                 return self._send(200, discovery)
-        if parts[:2] == ["api", "v1"]:
-            group, version, rest = "", "v1", parts[2:]
-        elif len(parts) >= 3 and parts[0] == "apis":
-            group, version, rest = parts[1], parts[2], parts[3:]
-        else:
-            raise ApiError(404, "the server could not find the requested resource", "NotFound")
-        watch_path = bool(rest) and rest[0] == "watch"
-        if watch_path:
-            rest = rest[1:]
-        namespace = name = subresource = None
-        if rest[:1] == ["namespaces"] and len(rest) >= 3 and not (group == "" and len(rest) == 3
-                                                               and rest[2] in ("status",
-                                                                               "finalize")):
-            namespace, rest = rest[1], rest[2:]
-        if not rest or len(rest) > 3:
-            raise ApiError(404, "the server could not find the requested resource", "NotFound")
-        res = resource_for(group, version, rest[0])
-        if res is None or (namespace and not res.namespaced):
-            raise ApiError(404, "the server could not find the requested resource", "NotFound")
-        name = rest[1] if len(rest) > 1 else None
-        subresource = rest[2] if len(rest) > 2 else None
-        if subresource == "finalize" and res.name == "namespaces":
-            subresource = "status"
-        if subresource is not None and subresource not in res.subresources:
-            raise ApiError(404, "the server could not find the requested resource", "NotFound")
-        if name is not None and res.namespaced and namespace is None:
-            raise ApiError(404, "the server could not find the requested resource", "NotFound")
+        target = _target(parts)
+        handler = _METHODS.get(method)
+        if handler is None:
+            raise ApiError(405, "method %s is not supported" % method, "MethodNotAllowed")
+        return handler(self, target, query, raw)
 
-        store = emulator.store
-        dry_run = bool(query.get("dryRun"))
-        if method == "GET":
-            if watch_path or query.get("watch") in ("true", "1"):
-                selector = query.get("fieldSelector")
-                if name is not None:
-                    selector = ",".join(filter(None, [selector, "metadata.name=%s" % name]))
-                return self._watch(res, namespace, query, selector)
+    def _get(self, target: "Target", query: dict[str, str], raw: bytes) -> None:
+        res, namespace, name = target.res, target.namespace, target.name
+        store = self.server.emulator.store
+        if target.watch or query.get("watch") in ("true", "1"):
+            selector = query.get("fieldSelector")
             if name is not None:
-                return self._send(200, store.get(res, namespace, name))
-            items, rv, token, remaining = store.list_json(
-                res, namespace, _matcher(query.get("labelSelector"), query.get("fieldSelector")),
-                _int(query.get("limit"), "limit"), query.get("continue") or None)
-            meta: dict[str, Any] = {"resourceVersion": rv}
-            if token:
-                meta["continue"] = token
-                meta["remainingItemCount"] = remaining
-            head = json.dumps({"kind": res.kind + "List", "apiVersion": res.api_version,
-                               "metadata": meta})
-            return self._send(200, b"".join((head[:-1].encode(), b', "items": [',
-                                             b", ".join(items), b"]}")))
-        if method == "POST":
-            if name is not None:
-                raise ApiError(405, "POST is not supported on a named %s" % res.kind,
+                selector = ",".join(filter(None, [selector, "metadata.name=%s" % name]))
+            return self._watch(res, namespace, query, selector)
+        if name is not None:
+            return self._send(200, store.get(res, namespace, name))
+        items, rv, token, remaining = store.list_json(
+            res, namespace, _matcher(query.get("labelSelector"), query.get("fieldSelector")),
+            _int(query.get("limit"), "limit"), query.get("continue") or None)
+        meta: dict[str, Any] = {"resourceVersion": rv}
+        if token:
+            meta["continue"] = token
+            meta["remainingItemCount"] = remaining
+        head = json.dumps({"kind": res.kind + "List", "apiVersion": res.api_version,
+                           "metadata": meta})
+        return self._send(200, b"".join((head[:-1].encode(), b', "items": [',
+                                         b", ".join(items), b"]}")))
+
+    def _create(self, target: "Target", query: dict[str, str], raw: bytes) -> None:
+        res = target.res
+        if target.name is not None:
+            raise ApiError(405, "POST is not supported on a named %s" % res.kind,
+                           "MethodNotAllowed")
+        if res.namespaced and target.namespace is None:
+            raise ApiError(404, "the server could not find the requested resource "
+                                "(create needs a namespace path)", "NotFound")
+        return self._send(201, self.server.emulator.store.create(
+            res, _json(raw, self.headers), target.namespace, bool(query.get("dryRun")),
+            handoff=True))
+
+    def _replace(self, target: "Target", query: dict[str, str], raw: bytes) -> None:
+        if target.name is None:
+            raise ApiError(405, "PUT needs an object name", "MethodNotAllowed")
+        return self._send(200, self.server.emulator.store.update(
+            target.res, _json(raw, self.headers), target.namespace, target.name,
+            target.subresource, bool(query.get("dryRun")), handoff=True))
+
+    def _patch(self, target: "Target", query: dict[str, str], raw: bytes) -> None:
+        if target.name is None:
+            raise ApiError(405, "PATCH needs an object name", "MethodNotAllowed")
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        patch_type = _PATCH_TYPES.get(ctype)
+        if patch_type is None:
+            raise ApiError(415, "the body of the request was in an unknown format - "
+                                "accepted media types include: %s (server-side apply is "
+                                "not implemented by this emulator)" % ", ".join(_PATCH_TYPES),
+                           "UnsupportedMediaType")
+        return self._send(200, self.server.emulator.store.patch(
+            target.res, target.namespace, target.name, _json(raw, None), patch_type,
+            target.subresource, bool(query.get("dryRun"))))
+
+    def _delete(self, target: "Target", query: dict[str, str], raw: bytes) -> None:
+        res, namespace, name = target.res, target.namespace, target.name
+        store = self.server.emulator.store
+        try:        # DeleteOptions; drained always, used when readable
+            options = _json(raw, self.headers) if raw.strip() else {}
+        except ApiError:
+            options = {}
+        if name is None:
+            if res.name == "namespaces":
+                raise ApiError(405, "deleting all namespaces is not supported",
                                "MethodNotAllowed")
-            if res.namespaced and namespace is None:
-                raise ApiError(404, "the server could not find the requested resource "
-                                    "(create needs a namespace path)", "NotFound")
-            created = store.create(res, _json(raw, self.headers), namespace, dry_run,
-                                   handoff=True)
-            return self._send(201, created)
-        if method == "PUT":
-            if name is None:
-                raise ApiError(405, "PUT needs an object name", "MethodNotAllowed")
-            return self._send(200, store.update(res, _json(raw, self.headers), namespace, name,
-                                                subresource, dry_run, handoff=True))
-        if method == "PATCH":
-            if name is None:
-                raise ApiError(405, "PATCH needs an object name", "MethodNotAllowed")
-            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            patch_type = _PATCH_TYPES.get(ctype)
-            if patch_type is None:
-                raise ApiError(415, "the body of the request was in an unknown format - "
-                                    "accepted media types include: %s (server-side apply is "
-                                    "not implemented by this emulator)" % ", ".join(_PATCH_TYPES),
-                               "UnsupportedMediaType")
-            return self._send(200, store.patch(res, namespace, name, _json(raw, None),
-                                               patch_type, subresource, dry_run))
-        if method == "DELETE":
-            try:        # DeleteOptions; drained always, used when readable
-                options = _json(raw, self.headers) if raw.strip() else {}
-            except ApiError:
-                options = {}
-            if name is None:
-                if res.name == "namespaces":
-                    raise ApiError(405, "deleting all namespaces is not supported",
-                                   "MethodNotAllowed")
-                gone = store.delete_collection(res, namespace, _matcher(
-                    query.get("labelSelector"), query.get("fieldSelector")))
-                return self._send(200, {"kind": res.kind + "List",
-                                        "apiVersion": res.api_version,
-                                        "metadata": {"resourceVersion":
-                                                     str(store.resource_version)},
-                                        "items": gone})
-            preconditions = options.get("preconditions") if isinstance(options, dict) else None
-            return self._send(200, store.delete(res, namespace, name, preconditions,
-                                                dry_run or bool(isinstance(options, dict)
-                                                                and options.get("dryRun"))))
-        raise ApiError(405, "method %s is not supported" % method, "MethodNotAllowed")
+            gone = store.delete_collection(res, namespace, _matcher(
+                query.get("labelSelector"), query.get("fieldSelector")))
+            return self._send(200, {"kind": res.kind + "List", "apiVersion": res.api_version,
+                                    "metadata": {"resourceVersion":
+                                                 str(store.resource_version)},
+                                    "items": gone})
+        preconditions = options.get("preconditions") if isinstance(options, dict) else None
+        dry_run = bool(query.get("dryRun")) or bool(isinstance(options, dict)
+                                                    and options.get("dryRun"))
+        return self._send(200, store.delete(res, namespace, name, preconditions, dry_run))
 
     def _discovery(self, parts: list[str]) -> dict[str, Any] | None:
         if parts == ["version"]:
@@ -365,6 +350,55 @@ def _resource_list(group: str, version: str) -> dict[str, Any]:
     return {"kind": "APIResourceList", "apiVersion": "v1",
             "groupVersion": "%s/%s" % (group, version) if group else version,
             "resources": resources}
+
+
+class Target(NamedTuple):
+    """What a resource path names: the resource, its namespace, object name and
+    subresource (each None when absent), and whether it is a ``/watch/`` path."""
+    res: Resource
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+    watch: bool
+
+
+_NOT_FOUND = "the server could not find the requested resource"
+
+
+def _target(parts: list[str]) -> Target:
+    """``/api/v1/...`` or ``/apis/GROUP/VERSION/...``, as the API server reads them."""
+    if parts[:2] == ["api", "v1"]:
+        group, version, rest = "", "v1", parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        raise ApiError(404, _NOT_FOUND, "NotFound")
+    watch = bool(rest) and rest[0] == "watch"
+    if watch:
+        rest = rest[1:]
+    namespace = None
+    if rest[:1] == ["namespaces"] and len(rest) >= 3 and not (
+            group == "" and len(rest) == 3 and rest[2] in ("status", "finalize")):
+        namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 3:
+        raise ApiError(404, _NOT_FOUND, "NotFound")
+    res = resource_for(group, version, rest[0])
+    if res is None or (namespace and not res.namespaced):
+        raise ApiError(404, _NOT_FOUND, "NotFound")
+    name = rest[1] if len(rest) > 1 else None
+    subresource = rest[2] if len(rest) > 2 else None
+    if subresource == "finalize" and res.name == "namespaces":
+        subresource = "status"
+    if subresource is not None and subresource not in res.subresources:
+        raise ApiError(404, _NOT_FOUND, "NotFound")
+    if name is not None and res.namespaced and namespace is None:
+        raise ApiError(404, _NOT_FOUND, "NotFound")
+    return Target(res, namespace, name, subresource, watch)
+
+
+# The handler method for each HTTP method on a resource path.
+_METHODS = {"GET": Handler._get, "POST": Handler._create, "PUT": Handler._replace,
+            "PATCH": Handler._patch, "DELETE": Handler._delete}
 
 
 def _matcher(label_selector: str | None, field_selector: str | None):
