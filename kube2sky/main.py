@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
-from skydns.config import parse_bool, parse_duration
+from skydns.config import parse_bool, parse_duration, setting
 from skydns.memory import bound_malloc_arenas
 from skydns.retry import Backoff, FailureLog, describe_error
 from skydns.record import OWNER_FIELD
@@ -27,48 +28,66 @@ from .state import DesiredState
 
 log = logging.getLogger("kube2sky")
 
-# (name, type, default, help, environment variable or None): each flag is accepted as
-# --a-b, -a-b, --a_b and -a_b; the variable is read when the flag is not given. A type
-# that is a tuple is the values the flag may take.
-FLAGS = [
-    ("domain", str, "cluster.local", "domain the records are for"),
-    ("etcd-server", str, "http://127.0.0.1:4001", "etcd URL(s), comma-separated"),
-    ("kube-master-url", str, "", "Kubernetes API URL ($VARS expanded)"),
-    ("kubecfg-file", str, "", "kubeconfig file (else in-cluster, else $KUBECONFIG or "
-                              "~/.kube/config)"),
-    ("etcd-mutation-timeout", parse_duration, 2.0, "timeout of each etcd write attempt "
-                                                   "(a write a dying etcd leader took is "
-                                                   "lost: it is retried after this)"),
-    ("healthz-port", int, 8081, "port for /healthz and /readiness (0: off)"),
-    ("healthz-addr", str, "0.0.0.0", "address for the health endpoints"),
-    ("ttl", int, 30, "TTL of the records written"),
-    ("pod-records", "bool", True, "write a-b-c-d.<ns>.pod.<domain> records"),
-    ("endpoint-ip-names", "bool", True, "also name a headless endpoint without a hostname "
-                                        "by its dashed IP (a-b-c-d.<svc>.<ns>.svc.<domain>, "
-                                        "as CoreDNS)"),
-    ("endpoints-source", ("auto", "endpointslices", "endpoints"), "auto",
-     "auto, endpointslices or endpoints"),
-    ("external-zone", str, "", "k8s_external: comma-separated zones under which each "
-                               "service's external addresses (externalIPs, load balancer "
-                               "ingress) are written as <svc>.<ns>.<zone> (serve them with "
-                               "a skydns -domain=<zone>)"),
-    ("external-ttl", int, 5, "TTL of the external zones' records (CoreDNS's default)"),
-    ("external-ns-service", str, "", "NAMESPACE/NAME of the service whose external "
-                                     "addresses are the external zones' name servers "
-                                     "(ns.dns.<zone>: NS and glue at the zone's apex)"),
-    ("ca-cert", str, "", "CA certificate for etcd TLS", "ETCD_CACERT"),
-    ("tls-key", str, "", "etcd client TLS key", "ETCD_TLSKEY"),
-    ("tls-pem", str, "", "etcd client TLS certificate", "ETCD_TLSPEM"),
-    ("username", str, "", "etcd user", "ETCD_USERNAME"),
-    ("password", str, "", "etcd password", "ETCD_PASSWORD"),
-    ("leader-elect", "bool", False, "elect one writer among several replicas through etcd; "
-                                    "the others keep their state and stand by"),
-    ("leader-elect-lease-duration", parse_duration, 15.0, "TTL of the leader's etcd lease: "
-                                                          "a dead leader is replaced within it"),
-    ("leader-elect-key", str, "", "election key (default /kube2sky/leader/<domain>)"),
-    ("leader-elect-identity", str, "", "this replica's name in the election key (default: "
-                                       "the hostname, a pod's name)"),
-]
+@dataclasses.dataclass
+class Settings:
+    """kube2sky's flags, each described once (``skydns.config.setting``): its help, how
+    its text is parsed (``"bool"``: the flag alone means true; a tuple: the values it may
+    take), and the environment variable read when the flag is not given. A flag is
+    accepted as --a-b, -a-b, --a_b and -a_b. ``parse_args`` gives them as a Namespace."""
+
+    domain: str = dataclasses.field(default="cluster.local", metadata=setting(
+        "domain the records are for"))
+    etcd_server: str = dataclasses.field(default="http://127.0.0.1:4001", metadata=setting(
+        "etcd URL(s), comma-separated"))
+    kube_master_url: str = dataclasses.field(default="", metadata=setting(
+        "Kubernetes API URL ($VARS expanded)"))
+    kubecfg_file: str = dataclasses.field(default="", metadata=setting(
+        "kubeconfig file (else in-cluster, else $KUBECONFIG or ~/.kube/config)"))
+    etcd_mutation_timeout: float = dataclasses.field(default=2.0, metadata=setting(
+        "timeout of each etcd write attempt (a write a dying etcd leader took is lost: it "
+        "is retried after this)", parse=parse_duration))
+    healthz_port: int = dataclasses.field(default=8081, metadata=setting(
+        "port for /healthz and /readiness (0: off)", parse=int))
+    healthz_addr: str = dataclasses.field(default="0.0.0.0", metadata=setting(
+        "address for the health endpoints"))
+    ttl: int = dataclasses.field(default=30, metadata=setting(
+        "TTL of the records written", parse=int))
+    pod_records: bool = dataclasses.field(default=True, metadata=setting(
+        "write a-b-c-d.<ns>.pod.<domain> records", parse="bool"))
+    endpoint_ip_names: bool = dataclasses.field(default=True, metadata=setting(
+        "also name a headless endpoint without a hostname by its dashed IP "
+        "(a-b-c-d.<svc>.<ns>.svc.<domain>, as CoreDNS)", parse="bool"))
+    endpoints_source: str = dataclasses.field(default="auto", metadata=setting(
+        "auto, endpointslices or endpoints", parse=("auto", "endpointslices", "endpoints")))
+    external_zone: str = dataclasses.field(default="", metadata=setting(
+        "k8s_external: comma-separated zones under which each service's external "
+        "addresses (externalIPs, load balancer ingress) are written as <svc>.<ns>.<zone> "
+        "(serve them with a skydns -domain=<zone>)"))
+    external_ttl: int = dataclasses.field(default=5, metadata=setting(
+        "TTL of the external zones' records (CoreDNS's default)", parse=int))
+    external_ns_service: str = dataclasses.field(default="", metadata=setting(
+        "NAMESPACE/NAME of the service whose external addresses are the external zones' "
+        "name servers (ns.dns.<zone>: NS and glue at the zone's apex)"))
+    ca_cert: str = dataclasses.field(default="", metadata=setting(
+        "CA certificate for etcd TLS", env="ETCD_CACERT"))
+    tls_key: str = dataclasses.field(default="", metadata=setting(
+        "etcd client TLS key", env="ETCD_TLSKEY"))
+    tls_pem: str = dataclasses.field(default="", metadata=setting(
+        "etcd client TLS certificate", env="ETCD_TLSPEM"))
+    username: str = dataclasses.field(default="", metadata=setting(
+        "etcd user", env="ETCD_USERNAME"))
+    password: str = dataclasses.field(default="", metadata=setting(
+        "etcd password", env="ETCD_PASSWORD"))
+    leader_elect: bool = dataclasses.field(default=False, metadata=setting(
+        "elect one writer among several replicas through etcd; the others keep their "
+        "state and stand by", parse="bool"))
+    leader_elect_lease_duration: float = dataclasses.field(default=15.0, metadata=setting(
+        "TTL of the leader's etcd lease: a dead leader is replaced within it",
+        parse=parse_duration))
+    leader_elect_key: str = dataclasses.field(default="", metadata=setting(
+        "election key (default /kube2sky/leader/<domain>)"))
+    leader_elect_identity: str = dataclasses.field(default="", metadata=setting(
+        "this replica's name in the election key (default: the hostname, a pod's name)"))
 
 
 def build_parser():
@@ -76,18 +95,20 @@ def build_parser():
         prog="kube2sky", allow_abbrev=False,
         description="Sync Kubernetes Services, Endpoints/EndpointSlices and Pods into "
                     "SkyDNS records in etcd. Flags: --a-b or -a_b (both spellings).")
-    for name, typ, default, helptext, *env in FLAGS:
-        under = name.replace("-", "_")
+    for field in dataclasses.fields(Settings):
+        under, meta = field.name, field.metadata
+        name = under.replace("_", "-")
         spellings = list(dict.fromkeys([f"--{name}", f"-{name}", f"--{under}", f"-{under}"]))
-        kwargs = {"dest": under, "default": default, "help": helptext}
-        if env:
-            kwargs["help"] += f" [${env[0]}]"
-        if typ == "bool":
+        kwargs = {"dest": under, "default": field.default, "help": meta["help"]}
+        if meta["env"]:
+            kwargs["help"] += f" [${meta['env']}]"
+        parse = meta["parse"]
+        if parse == "bool":
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
-        elif isinstance(typ, tuple):
-            kwargs.update(choices=typ)
+        elif isinstance(parse, tuple):
+            kwargs.update(choices=parse)
         else:
-            kwargs.update(type=typ, metavar=under.upper())
+            kwargs.update(type=parse, metavar=under.upper())
         parser.add_argument(*spellings, **kwargs)
     return parser
 
@@ -95,10 +116,10 @@ def build_parser():
 def parse_args(argv=None, environ=None):
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
-    for name, _, _, _, *env in FLAGS:
-        attr = name.replace("-", "_")
-        if env and not getattr(args, attr) and environ.get(env[0]):
-            setattr(args, attr, environ[env[0]])
+    for field in dataclasses.fields(Settings):
+        env = field.metadata["env"]
+        if env and not getattr(args, field.name) and environ.get(env):
+            setattr(args, field.name, environ[env])
     args.external_zones = [z.strip().lower().rstrip(".") + "."
                            for z in args.external_zone.split(",") if z.strip()]
     for zone in args.external_zones:

@@ -225,7 +225,8 @@ def setting(helptext: str, parse=str, env: str | None = None, etcd=None, flag=Tr
     """What describes one setting, once: its help, how a flag's or an environment
     variable's text is parsed, the variable (``env``), the /skydns/config key and the
     type it must have there (``etcd``: (key, type), type None for read_timeout's Go
-    duration), and whether it is a flag (named as the attribute, ``_`` -> ``-``)."""
+    duration), and whether it is a flag (named as the attribute, ``_`` -> ``-``).
+    kube2sky's flags (``kube2sky.main.Settings``) are described the same way."""
     return {"help": helptext, "parse": parse, "env": env, "etcd": etcd, "flag": flag}
 
 
