@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
-from skydns.config import parse_bool, parse_duration, setting
+from skydns.config import option, parse_bool, parse_duration
 from skydns.memory import bound_malloc_arenas
 from skydns.retry import Backoff, FailureLog, describe_error
 from skydns.record import OWNER_FIELD
@@ -30,64 +30,52 @@ log = logging.getLogger("kube2sky")
 
 @dataclasses.dataclass
 class Settings:
-    """kube2sky's flags, each described once (``skydns.config.setting``): its help, how
+    """kube2sky's flags, each described once (``skydns.config.option``): its help, how
     its text is parsed (``"bool"``: the flag alone means true; a tuple: the values it may
     take), and the environment variable read when the flag is not given. A flag is
     accepted as --a-b, -a-b, --a_b and -a_b. ``parse_args`` gives them as a Namespace."""
 
-    domain: str = dataclasses.field(default="cluster.local", metadata=setting(
-        "domain the records are for"))
-    etcd_server: str = dataclasses.field(default="http://127.0.0.1:4001", metadata=setting(
-        "etcd URL(s), comma-separated"))
-    kube_master_url: str = dataclasses.field(default="", metadata=setting(
-        "Kubernetes API URL ($VARS expanded)"))
-    kubecfg_file: str = dataclasses.field(default="", metadata=setting(
-        "kubeconfig file (else in-cluster, else $KUBECONFIG or ~/.kube/config)"))
-    etcd_mutation_timeout: float = dataclasses.field(default=2.0, metadata=setting(
-        "timeout of each etcd write attempt (a write a dying etcd leader took is lost: it "
-        "is retried after this)", parse=parse_duration))
-    healthz_port: int = dataclasses.field(default=8081, metadata=setting(
-        "port for /healthz and /readiness (0: off)", parse=int))
-    healthz_addr: str = dataclasses.field(default="0.0.0.0", metadata=setting(
-        "address for the health endpoints"))
-    ttl: int = dataclasses.field(default=30, metadata=setting(
-        "TTL of the records written", parse=int))
-    pod_records: bool = dataclasses.field(default=True, metadata=setting(
-        "write a-b-c-d.<ns>.pod.<domain> records", parse="bool"))
-    endpoint_ip_names: bool = dataclasses.field(default=True, metadata=setting(
-        "also name a headless endpoint without a hostname by its dashed IP "
-        "(a-b-c-d.<svc>.<ns>.svc.<domain>, as CoreDNS)", parse="bool"))
-    endpoints_source: str = dataclasses.field(default="auto", metadata=setting(
-        "auto, endpointslices or endpoints", parse=("auto", "endpointslices", "endpoints")))
-    external_zone: str = dataclasses.field(default="", metadata=setting(
-        "k8s_external: comma-separated zones under which each service's external "
+    domain: str = option("cluster.local", "domain the records are for")
+    etcd_server: str = option("http://127.0.0.1:4001", "etcd URL(s), comma-separated")
+    kube_master_url: str = option("", "Kubernetes API URL ($VARS expanded)")
+    kubecfg_file: str = option(
+        "", "kubeconfig file (else in-cluster, else $KUBECONFIG or ~/.kube/config)")
+    etcd_mutation_timeout: float = option(
+        2.0, "timeout of each etcd write attempt (a write a dying etcd leader took is lost: it "
+        "is retried after this)", parse=parse_duration)
+    healthz_port: int = option(8081, "port for /healthz and /readiness (0: off)", parse=int)
+    healthz_addr: str = option("0.0.0.0", "address for the health endpoints")
+    ttl: int = option(30, "TTL of the records written", parse=int)
+    pod_records: bool = option(
+        True, "write a-b-c-d.<ns>.pod.<domain> records", parse="bool")
+    endpoint_ip_names: bool = option(
+        True, "also name a headless endpoint without a hostname by its dashed IP "
+        "(a-b-c-d.<svc>.<ns>.svc.<domain>, as CoreDNS)", parse="bool")
+    endpoints_source: str = option(
+        "auto", "auto, endpointslices or endpoints", parse=("auto", "endpointslices", "endpoints"))
+    external_zone: str = option(
+        "", "k8s_external: comma-separated zones under which each service's external "
         "addresses (externalIPs, load balancer ingress) are written as <svc>.<ns>.<zone> "
-        "(serve them with a skydns -domain=<zone>)"))
-    external_ttl: int = dataclasses.field(default=5, metadata=setting(
-        "TTL of the external zones' records (CoreDNS's default)", parse=int))
-    external_ns_service: str = dataclasses.field(default="", metadata=setting(
-        "NAMESPACE/NAME of the service whose external addresses are the external zones' "
-        "name servers (ns.dns.<zone>: NS and glue at the zone's apex)"))
-    ca_cert: str = dataclasses.field(default="", metadata=setting(
-        "CA certificate for etcd TLS", env="ETCD_CACERT"))
-    tls_key: str = dataclasses.field(default="", metadata=setting(
-        "etcd client TLS key", env="ETCD_TLSKEY"))
-    tls_pem: str = dataclasses.field(default="", metadata=setting(
-        "etcd client TLS certificate", env="ETCD_TLSPEM"))
-    username: str = dataclasses.field(default="", metadata=setting(
-        "etcd user", env="ETCD_USERNAME"))
-    password: str = dataclasses.field(default="", metadata=setting(
-        "etcd password", env="ETCD_PASSWORD"))
-    leader_elect: bool = dataclasses.field(default=False, metadata=setting(
-        "elect one writer among several replicas through etcd; the others keep their "
-        "state and stand by", parse="bool"))
-    leader_elect_lease_duration: float = dataclasses.field(default=15.0, metadata=setting(
-        "TTL of the leader's etcd lease: a dead leader is replaced within it",
-        parse=parse_duration))
-    leader_elect_key: str = dataclasses.field(default="", metadata=setting(
-        "election key (default /kube2sky/leader/<domain>)"))
-    leader_elect_identity: str = dataclasses.field(default="", metadata=setting(
-        "this replica's name in the election key (default: the hostname, a pod's name)"))
+        "(serve them with a skydns -domain=<zone>)")
+    external_ttl: int = option(
+        5, "TTL of the external zones' records (CoreDNS's default)", parse=int)
+    external_ns_service: str = option(
+        "", "NAMESPACE/NAME of the service whose external addresses are the external zones' "
+        "name servers (ns.dns.<zone>: NS and glue at the zone's apex)")
+    ca_cert: str = option("", "CA certificate for etcd TLS", env="ETCD_CACERT")
+    tls_key: str = option("", "etcd client TLS key", env="ETCD_TLSKEY")
+    tls_pem: str = option("", "etcd client TLS certificate", env="ETCD_TLSPEM")
+    username: str = option("", "etcd user", env="ETCD_USERNAME")
+    password: str = option("", "etcd password", env="ETCD_PASSWORD")
+    leader_elect: bool = option(
+        False, "elect one writer among several replicas through etcd; the others keep their "
+        "state and stand by", parse="bool")
+    leader_elect_lease_duration: float = option(
+        15.0, "TTL of the leader's etcd lease: a dead leader is replaced within it",
+        parse=parse_duration)
+    leader_elect_key: str = option("", "election key (default /kube2sky/leader/<domain>)")
+    leader_elect_identity: str = option(
+        "", "this replica's name in the election key (default: the hostname, a pod's name)")
 
 
 def build_parser():

@@ -221,13 +221,18 @@ def forwarding_loop(upstream: str, listen: str) -> str | None:
     return None
 
 
-def setting(helptext: str, parse=str, env: str | None = None, etcd=None, flag=True):
-    """What describes one setting, once: its help, how a flag's or an environment
-    variable's text is parsed, the variable (``env``), the /skydns/config key and the
-    type it must have there (``etcd``: (key, type), type None for read_timeout's Go
-    duration), and whether it is a flag (named as the attribute, ``_`` -> ``-``).
-    kube2sky's flags (``kube2sky.main.Settings``) are described the same way."""
-    return {"help": helptext, "parse": parse, "env": env, "etcd": etcd, "flag": flag}
+def option(default, helptext: str, parse=str, env: str | None = None, etcd=None,
+           flag=True):
+    """A setting's field, described once: its default (a list is copied for each
+    instance), its help, how a flag's or an environment variable's text is parsed, the
+    variable (``env``), the /skydns/config key and the type it must have there (``etcd``:
+    (key, type), type None for read_timeout's Go duration), and whether it is a flag
+    (named as the attribute, ``_`` -> ``-``). kube2sky's flags (``kube2sky.main.Settings``)
+    are described the same way."""
+    metadata = {"help": helptext, "parse": parse, "env": env, "etcd": etcd, "flag": flag}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
@@ -235,169 +240,146 @@ class Config:
     """skydns's settings: defaults, then environment variables, then flags (``from_args``),
     then /skydns/config (``apply_etcd_config``), all built from the fields' metadata."""
 
-    addr: str = dataclasses.field(default="127.0.0.1:53", metadata=setting(
-        "ip:port to serve DNS on (UDP and TCP)",
-        env="SKYDNS_ADDR", etcd=("dns_addr", str)))
-    domain: str = dataclasses.field(default="skydns.local.", metadata=setting(
-        "domain to be authoritative for",
-        env="SKYDNS_DOMAIN", etcd=("domain", str)))
-    machines: list = dataclasses.field(
-        default_factory=lambda: ["http://127.0.0.1:2379"], metadata=setting(
-        "comma-separated etcd URLs",
-        parse=_split_list, env="ETCD_MACHINES"))
-    nameservers: list = dataclasses.field(default_factory=list, metadata=setting(
-        "comma-separated upstream host:port (default: from /etc/resolv.conf)",
-        parse=_split_list, env="SKYDNS_NAMESERVERS", etcd=("nameservers", list)))
-    local: str = dataclasses.field(default="", metadata=setting(
-        "name that local.dns.<domain> answers for",
-        etcd=("local", str)))
-    hostmaster: str = dataclasses.field(
-        default="hostmaster@skydns.local.", metadata=setting(
-        "SOA hostmaster mailbox",
-        etcd=("hostmaster", str)))
-    dnssec: str = dataclasses.field(default="", metadata=setting(
-        "base path of a BIND DNSSEC key pair; enables signing",
-        etcd=("dnssec", str)))
-    no_rec: bool = dataclasses.field(default=False, metadata=setting(
-        "do not forward names outside the domain",
-        parse=parse_bool, etcd=("no_rec", parse_bool)))
-    round_robin: bool = dataclasses.field(default=True, metadata=setting(
-        "rotate A/AAAA/SRV answers",
-        parse=parse_bool, etcd=("round_robin", parse_bool)))
-    ns_rotate: bool = dataclasses.field(default=True, metadata=setting(
-        "rotate the upstream name servers per query",
-        parse=parse_bool, etcd=("ns_rotate", parse_bool)))
-    rtimeout: float = dataclasses.field(default=2.0, metadata=setting(
-        "upstream read timeout (Go duration)",
-        parse=parse_duration, etcd=("read_timeout", None)))
-    rcache: int = dataclasses.field(default=10000, metadata=setting(
-        "response cache size for forwarded answers (0: off)",
-        parse=int, etcd=("rcache", int)))
-    rcache_ttl: int = dataclasses.field(default=60, metadata=setting(
-        "longest time in seconds a forwarded answer is cached (upstream TTLs can only "
+    addr: str = option(
+        "127.0.0.1:53", "ip:port to serve DNS on (UDP and TCP)",
+        env="SKYDNS_ADDR", etcd=("dns_addr", str))
+    domain: str = option(
+        "skydns.local.", "domain to be authoritative for",
+        env="SKYDNS_DOMAIN", etcd=("domain", str))
+    machines: list = option(
+        ["http://127.0.0.1:2379"], "comma-separated etcd URLs",
+        parse=_split_list, env="ETCD_MACHINES")
+    nameservers: list = option(
+        [], "comma-separated upstream host:port (default: from /etc/resolv.conf)",
+        parse=_split_list, env="SKYDNS_NAMESERVERS", etcd=("nameservers", list))
+    local: str = option("", "name that local.dns.<domain> answers for", etcd=("local", str))
+    hostmaster: str = option(
+        "hostmaster@skydns.local.", "SOA hostmaster mailbox",
+        etcd=("hostmaster", str))
+    dnssec: str = option(
+        "", "base path of a BIND DNSSEC key pair; enables signing",
+        etcd=("dnssec", str))
+    no_rec: bool = option(
+        False, "do not forward names outside the domain",
+        parse=parse_bool, etcd=("no_rec", parse_bool))
+    round_robin: bool = option(
+        True, "rotate A/AAAA/SRV answers",
+        parse=parse_bool, etcd=("round_robin", parse_bool))
+    ns_rotate: bool = option(
+        True, "rotate the upstream name servers per query",
+        parse=parse_bool, etcd=("ns_rotate", parse_bool))
+    rtimeout: float = option(
+        2.0, "upstream read timeout (Go duration)",
+        parse=parse_duration, etcd=("read_timeout", None))
+    rcache: int = option(
+        10000, "response cache size for forwarded answers (0: off)",
+        parse=int, etcd=("rcache", int))
+    rcache_ttl: int = option(
+        60, "longest time in seconds a forwarded answer is cached (upstream TTLs can only "
         "lower it)",
-        parse=int, etcd=("rcache_ttl", int)))
-    rcache_stale: int = dataclasses.field(default=3600, metadata=setting(
-        "seconds past expiry a cached answer is served (TTL 30) when no upstream "
+        parse=int, etcd=("rcache_ttl", int))
+    rcache_stale: int = option(
+        3600, "seconds past expiry a cached answer is served (TTL 30) when no upstream "
         "answers (0: off)",
-        parse=int, etcd=("rcache_stale", int)))
-    rcache_prefetch: int = dataclasses.field(default=3, metadata=setting(
-        "hits after which an entry is refreshed shortly before it expires (0: off)",
-        parse=int, etcd=("rcache_prefetch", int)))
-    rcache_mb: int = dataclasses.field(default=16, metadata=setting(
-        "most MiB the forwarded answers may take; the least recently used go first (0: "
+        parse=int, etcd=("rcache_stale", int))
+    rcache_prefetch: int = option(
+        3, "hits after which an entry is refreshed shortly before it expires (0: off)",
+        parse=int, etcd=("rcache_prefetch", int))
+    rcache_mb: int = option(
+        16, "most MiB the forwarded answers may take; the least recently used go first (0: "
         "off)",
-        parse=int, etcd=("rcache_mb", int)))
-    answer_cache_mb: int = dataclasses.field(default=32, metadata=setting(
-        "most MiB the prebuilt answers for the domain's names may take; the oldest go "
+        parse=int, etcd=("rcache_mb", int))
+    answer_cache_mb: int = option(
+        32, "most MiB the prebuilt answers for the domain's names may take; the oldest go "
         "first (0: every answer computed afresh)",
-        parse=int, etcd=("answer_cache_mb", int)))
-    max_concurrent: int = dataclasses.field(default=1000, metadata=setting(
-        "most queries upstream at once; more get SERVFAIL at once (0: no limit)",
-        parse=int, etcd=("max_concurrent", int)))
-    scache: int = dataclasses.field(default=10000, metadata=setting(
-        "DNSSEC signature cache size",
-        parse=int, etcd=("scache", int)))
-    ndots: int = dataclasses.field(default=2, metadata=setting(
-        "names with fewer labels are not forwarded",
-        parse=int, env="SKYDNS_NDOTS", etcd=("ndot", int)))
-    path_prefix: str = dataclasses.field(default="skydns", metadata=setting(
-        "etcd key prefix",
-        env="SKYDNS_PATH_PREFIX"))
-    stubzones: bool = dataclasses.field(default=False, metadata=setting(
-        "forward stub zones from stub.dns.<domain>",
-        parse=parse_bool))
-    verbose: bool = dataclasses.field(default=False, metadata=setting(
-        "log every query",
-        parse=parse_bool))
-    log_queries: int = dataclasses.field(default=0, metadata=setting(
-        "log one line per answered query in CoreDNS's common log format, at most this "
+        parse=int, etcd=("answer_cache_mb", int))
+    max_concurrent: int = option(
+        1000, "most queries upstream at once; more get SERVFAIL at once (0: no limit)",
+        parse=int, etcd=("max_concurrent", int))
+    scache: int = option(
+        10000, "DNSSEC signature cache size",
+        parse=int, etcd=("scache", int))
+    ndots: int = option(
+        2, "names with fewer labels are not forwarded",
+        parse=int, env="SKYDNS_NDOTS", etcd=("ndot", int))
+    path_prefix: str = option("skydns", "etcd key prefix", env="SKYDNS_PATH_PREFIX")
+    stubzones: bool = option(
+        False, "forward stub zones from stub.dns.<domain>",
+        parse=parse_bool)
+    verbose: bool = option(False, "log every query", parse=parse_bool)
+    log_queries: int = option(
+        0, "log one line per answered query in CoreDNS's common log format, at most this "
         "many a second (the rest are counted; 0: off)",
-        parse=int, env="SKYDNS_LOG_QUERIES"))
-    tls_key: str = dataclasses.field(default="", metadata=setting(
-        "etcd client TLS key",
-        env="ETCD_TLSKEY"))
-    tls_pem: str = dataclasses.field(default="", metadata=setting(
-        "etcd client TLS certificate",
-        env="ETCD_TLSPEM"))
-    ca_cert: str = dataclasses.field(default="", metadata=setting(
-        "CA certificate for etcd TLS",
-        env="ETCD_CACERT"))
-    username: str = dataclasses.field(default="", metadata=setting(
-        "etcd user",
-        env="ETCD_USERNAME"))
-    password: str = dataclasses.field(default="", metadata=setting(
-        "etcd password",
-        env="ETCD_PASSWORD"))
-    ttl: int = dataclasses.field(default=3600, metadata=setting(
-        "default record TTL",
-        parse=int, etcd=("ttl", int)))
-    min_ttl: int = dataclasses.field(default=60, metadata=setting(
-        "TTL of the SOA in negative answers",
-        parse=int, etcd=("min_ttl", int)))
-    zone_ttl: str = dataclasses.field(default="", metadata=setting(
-        "NAME=TTL[/NEGATIVE],...: TTL of every record at and below NAME (instead of its "
+        parse=int, env="SKYDNS_LOG_QUERIES")
+    tls_key: str = option("", "etcd client TLS key", env="ETCD_TLSKEY")
+    tls_pem: str = option("", "etcd client TLS certificate", env="ETCD_TLSPEM")
+    ca_cert: str = option("", "CA certificate for etcd TLS", env="ETCD_CACERT")
+    username: str = option("", "etcd user", env="ETCD_USERNAME")
+    password: str = option("", "etcd password", env="ETCD_PASSWORD")
+    ttl: int = option(3600, "default record TTL", parse=int, etcd=("ttl", int))
+    min_ttl: int = option(
+        60, "TTL of the SOA in negative answers",
+        parse=int, etcd=("min_ttl", int))
+    zone_ttl: str = option(
+        "", "NAME=TTL[/NEGATIVE],...: TTL of every record at and below NAME (instead of its "
         "own ttl; a lease still caps it) and of the SOA in negative answers there, as "
         "CoreDNS's ttl (e.g. cluster.local.=5)",
-        env="SKYDNS_ZONE_TTL", etcd=("zone_ttl", str)))
-    priority: int = dataclasses.field(default=10, metadata=setting(
-        "default SRV priority / MX preference",
-        parse=int, etcd=("priority", int)))
-    healthz_port: int = dataclasses.field(default=8080, metadata=setting(
-        "HTTP port for /healthz (0: off)",
-        parse=int, env="SKYDNS_HEALTHZ_PORT"))
-    healthz_addr: str = dataclasses.field(default="0.0.0.0", metadata=setting(
-        "address for the /healthz listener"))
-    healthz_query: str = dataclasses.field(default="", metadata=setting(
-        "name that /healthz resolves through the server itself (A query)",
-        env="SKYDNS_HEALTHZ_QUERY"))
-    workers: int = dataclasses.field(default=1, metadata=setting(
-        "processes sharing the DNS port with SO_REUSEPORT",
-        parse=int, env="SKYDNS_WORKERS"))
-    max_udp_size: int = dataclasses.field(default=1232, metadata=setting(
-        "largest UDP reply whatever buffer a client claims; larger ones are truncated "
+        env="SKYDNS_ZONE_TTL", etcd=("zone_ttl", str))
+    priority: int = option(
+        10, "default SRV priority / MX preference",
+        parse=int, etcd=("priority", int))
+    healthz_port: int = option(
+        8080, "HTTP port for /healthz (0: off)",
+        parse=int, env="SKYDNS_HEALTHZ_PORT")
+    healthz_addr: str = option("0.0.0.0", "address for the /healthz listener")
+    healthz_query: str = option(
+        "", "name that /healthz resolves through the server itself (A query)",
+        env="SKYDNS_HEALTHZ_QUERY")
+    workers: int = option(
+        1, "processes sharing the DNS port with SO_REUSEPORT",
+        parse=int, env="SKYDNS_WORKERS")
+    max_udp_size: int = option(
+        1232, "largest UDP reply whatever buffer a client claims; larger ones are truncated "
         "(TC)",
-        parse=int, env="SKYDNS_MAX_UDP_SIZE", etcd=("max_udp_size", int)))
-    nsid: str = dataclasses.field(default="", metadata=setting(
-        "name server identifier (RFC 5001, e.g. the pod name) sent to queries that ask "
+        parse=int, env="SKYDNS_MAX_UDP_SIZE", etcd=("max_udp_size", int))
+    nsid: str = option(
+        "", "name server identifier (RFC 5001, e.g. the pod name) sent to queries that ask "
         "for it, so a client can tell which replica answered (empty: off)",
-        env="SKYDNS_NSID"))
-    dot_addr: str = dataclasses.field(default="", metadata=setting(
-        "ip:port to serve DNS over TLS on (RFC 7858, port 853 by default; empty: off)",
-        env="SKYDNS_DOT_ADDR"))
-    dot_cert: str = dataclasses.field(default="", metadata=setting(
-        "PEM file with the DNS-over-TLS certificate, then any intermediates",
-        env="SKYDNS_DOT_CERT"))
-    dot_key: str = dataclasses.field(default="", metadata=setting(
-        "PEM file with its private key",
-        env="SKYDNS_DOT_KEY"))
-    loop_probe: bool = dataclasses.field(default=True, metadata=setting(
-        "at start, send each private upstream a probe name and report a forwarding loop "
+        env="SKYDNS_NSID")
+    dot_addr: str = option(
+        "", "ip:port to serve DNS over TLS on (RFC 7858, port 853 by default; empty: off)",
+        env="SKYDNS_DOT_ADDR")
+    dot_cert: str = option(
+        "", "PEM file with the DNS-over-TLS certificate, then any intermediates",
+        env="SKYDNS_DOT_CERT")
+    dot_key: str = option("", "PEM file with its private key", env="SKYDNS_DOT_KEY")
+    loop_probe: bool = option(
+        True, "at start, send each private upstream a probe name and report a forwarding loop "
         "(unhealthy, with the upstream) if it comes back to this server",
-        parse=parse_bool))
-    transfer_to: list = dataclasses.field(default_factory=list, metadata=setting(
-        "comma-separated addresses and CIDRs (* for anyone) allowed to transfer the "
+        parse=parse_bool)
+    transfer_to: list = option(
+        [], "comma-separated addresses and CIDRs (* for anyone) allowed to transfer the "
         "domain (AXFR over TCP), as CoreDNS's transfer plugin (empty: refused to all)",
-        parse=_split_list, env="SKYDNS_TRANSFER_TO"))
-    autopath: bool = dataclasses.field(default=False, metadata=setting(
-        "answer a pod's query for NAME.<its namespace>.svc.<domain> that does not exist "
+        parse=_split_list, env="SKYDNS_TRANSFER_TO")
+    autopath: bool = option(
+        False, "answer a pod's query for NAME.<its namespace>.svc.<domain> that does not exist "
         "with the first name of its search path that does (a CNAME to it), as CoreDNS's "
         "autopath; the pod is told by its IP from the pod records in etcd",
-        parse=parse_bool, env="SKYDNS_AUTOPATH"))
-    autopath_search: list | None = dataclasses.field(default=None, metadata=setting(
-        "comma-separated search domains autopath tries after the cluster's own, as "
+        parse=parse_bool, env="SKYDNS_AUTOPATH")
+    autopath_search: list | None = option(
+        None, "comma-separated search domains autopath tries after the cluster's own, as "
         "kubelet appends them to pods (default: the search line of /etc/resolv.conf)",
-        parse=_split_list, env="SKYDNS_AUTOPATH_SEARCH"))
-    lameduck: float = dataclasses.field(default=5.0, metadata=setting(
-        "on SIGTERM, keep answering DNS this long (Go duration) while /healthz and "
+        parse=_split_list, env="SKYDNS_AUTOPATH_SEARCH")
+    lameduck: float = option(
+        5.0, "on SIGTERM, keep answering DNS this long (Go duration) while /healthz and "
         "/readyz fail, so the Service drops this replica first; SIGINT or a second "
         "signal stops at once (0: no lameduck)",
-        parse=parse_duration, env="SKYDNS_LAMEDUCK"))
-    prometheus_port: int = dataclasses.field(default=0, metadata=setting(
-        "HTTP port serving Prometheus metrics (0: off)", parse=int, env="PROMETHEUS_PORT",
-        flag=False))
-    prometheus_path: str = dataclasses.field(default="/metrics", metadata=setting(
-        "path of the Prometheus metrics", env="PROMETHEUS_PATH", flag=False))
+        parse=parse_duration, env="SKYDNS_LAMEDUCK")
+    prometheus_port: int = option(
+        0, "HTTP port serving Prometheus metrics (0: off)", parse=int, env="PROMETHEUS_PORT",
+        flag=False)
+    prometheus_path: str = option(
+        "/metrics", "path of the Prometheus metrics", env="PROMETHEUS_PATH", flag=False)
 
     def __post_init__(self):
         self.normalize()
