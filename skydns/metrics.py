@@ -51,11 +51,15 @@ def question_type(query: bytes) -> int:
     return qtype if qtype in MONITORED_TYPES else OTHER_TYPE
 
 
+def reply_rcode(reply: bytes) -> int:
+    """A reply's rcode; SERVFAIL for bytes too short to say."""
+    return reply[3] & 0x0F if len(reply) > 3 else 2
+
+
 def answer_key(reply: bytes, query: bytes) -> tuple:
     """(qtype, rcode, denial, query size) of a reply: what CoreDNS's metrics label an
     answer with, beside its size."""
-    rcode = reply[3] & 0x0F if len(reply) > 3 else 2
-    return question_type(query), rcode, is_denial(reply), len(query)
+    return question_type(query), reply_rcode(reply), is_denial(reply), len(query)
 
 
 def is_denial(reply: bytes) -> bool:
@@ -119,7 +123,7 @@ class UpstreamMetrics:
         self.requests[server] += 1
 
     def answered(self, server, reply: bytes, seconds: float):
-        key = (server, reply[3] & 0x0F if len(reply) > 3 else 2)
+        key = (server, reply_rcode(reply))
         self.responses[key] += 1
         self.durations[key].observe(seconds)
 
@@ -187,8 +191,7 @@ class Metrics:
             qtype = question_type(query)
         elif qtype not in MONITORED_TYPES:
             qtype = OTHER_TYPE
-        rcode = reply[3] & 0x0F if size > 3 else 2
-        stats = self.answers[system, "tcp" if tcp else "udp", qtype, rcode,
+        stats = self.answers[system, "tcp" if tcp else "udp", qtype, reply_rcode(reply),
                              is_denial(reply)]
         stats.count += 1
         stats.response.observe(size)
