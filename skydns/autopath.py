@@ -19,7 +19,6 @@ wire cache, and neither is an NXDOMAIN for a name it may walk from.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 import dns.message
@@ -29,7 +28,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from .config import resolv_conf_search
+from .config import peer_ip
 from .record import HOST_NETWORK_LABEL, dashed_ip
 from .store import Node
 from .wire import question_end, render
@@ -102,11 +101,10 @@ class PodNamespaces:
     def namespace_of(self, host: str) -> str | None:
         """The namespace of the one pod that has the IP ``host``, or None."""
         if ":" in host:  # IPv6, or IPv4 as a dual-stack socket gives it
-            try:
-                ip = ipaddress.ip_address(host.split("%")[0])
-            except ValueError:
+            ip = peer_ip(host)
+            if ip is None:
                 return None
-            host = str(ip.ipv4_mapped or ip)
+            host = str(ip)
         found = self.owners.get(dashed_ip(host))
         return found if found.__class__ is str else None
 
@@ -139,8 +137,7 @@ class Autopath:
         labels = config.domain.rstrip(".").split(".")
         labels.reverse()
         self.zone = tuple(labels)
-        self.search = (config.autopath_search if config.autopath_search is not None
-                       else [d.lower().rstrip(".") + "." for d in resolv_conf_search()])
+        self.search = config.autopath_search
         # What follows the asked name's leading labels in each next name, in wire form.
         suffixes = []
         for suffix in ["svc." + self.domain, self.domain] + self.search + ["."]:

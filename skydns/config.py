@@ -174,6 +174,22 @@ def parse_networks(entries) -> list:
     return networks
 
 
+def peer_ip(host: str):
+    """A client's address as a socket gives it (``fe80::1%eth0``, ``::ffff:10.0.0.1`` from a
+    dual-stack socket), as the address it is: IPv4 for a mapped one; None for no address."""
+    try:
+        ip = ipaddress.ip_address((host or "").split("%")[0])
+    except ValueError:
+        return None
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
+def in_networks(networks, host: str) -> bool:
+    """Whether the client at ``host`` is in one of ``networks`` (``parse_networks``)."""
+    ip = peer_ip(host)
+    return ip is not None and any(ip in net for net in networks if net.version == ip.version)
+
+
 def resolv_conf_search(path: str = DEFAULT_RESOLV_CONF) -> list:
     """The ``search`` domains of resolv.conf (the last such line counts, as in glibc):
     what kubelet appends to every pod's search path, and so what autopath walks after the
@@ -366,8 +382,8 @@ class Config:
         "with the first name of its search path that does (a CNAME to it), as CoreDNS's "
         "autopath; the pod is told by its IP from the pod records in etcd",
         parse=parse_bool, env="SKYDNS_AUTOPATH")
-    autopath_search: list | None = option(
-        None, "comma-separated search domains autopath tries after the cluster's own, as "
+    autopath_search: list = option(
+        [], "comma-separated search domains autopath tries after the cluster's own, as "
         "kubelet appends them to pods (default: the search line of /etc/resolv.conf)",
         parse=_split_list, env="SKYDNS_AUTOPATH_SEARCH")
     lameduck: float = option(
@@ -417,13 +433,9 @@ class Config:
             parse_hostport(self.dot_addr, 853)
             if not (self.dot_cert and self.dot_key):
                 raise ConfigError("-dot-addr needs -dot-cert and -dot-key (PEM files)")
-        try:
-            self.transfer_networks = parse_networks(self.transfer_to)
-        except ValueError as exc:
-            raise ConfigError(f"transfer-to: {exc}") from None
-        if self.autopath_search is not None:
-            self.autopath_search = [_absolute(name) for name in self.autopath_search]
+        self.autopath_search = [_absolute(name) for name in self.autopath_search]
         self.zone_ttls  # parsed (and checked) once per Config
+        self.transfer_networks  # the same
 
     # Derived names, parsed once per Config (a reconfiguration makes a new Config), since
     # the general query path asks for them on every query.
@@ -457,6 +469,14 @@ class Config:
     def stub_labels(self) -> tuple:
         """Key labels of stub.dns.<domain>, where stub-zone servers are stored."""
         return tuple(reversed(name_labels("stub.dns." + self.domain)))
+
+    @functools.cached_property
+    def transfer_networks(self) -> list:
+        """``-transfer-to`` as networks."""
+        try:
+            return parse_networks(self.transfer_to)
+        except ValueError as exc:
+            raise ConfigError(f"transfer-to: {exc}") from None
 
     @functools.cached_property
     def zone_ttls(self) -> tuple:
@@ -509,6 +529,8 @@ def from_args(argv=None, environ=None) -> Config:
     values.update(vars(args))
     if not values.get("nameservers"):
         values["nameservers"] = resolv_conf_nameservers()
+    if values.get("autopath") and "autopath_search" not in values:
+        values["autopath_search"] = resolv_conf_search()  # what kubelet gives pods too
     # (SkyDNS kept hostmaster@skydns.local. as the default whatever the domain.)
     return Config(**values)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import random
 import socket
-import time
 
 import dns.edns
 import dns.flags
@@ -32,6 +31,7 @@ from .authority import Result, hourly_serial, labels_of, name_text
 from .forward import ForwardError, Overloaded, random16
 from .rcache import ResponseCache, cache_key, personalize, relayed
 from .record import labels_to_name
+from .retry import RateLimitedLog
 
 log = logging.getLogger("skydns.resolver")
 
@@ -49,29 +49,6 @@ PREFETCH_MIN_WINDOW = 1.0  # ...or its last second, for short TTLs (they count w
 def with_ra(reply: bytes) -> bytes:
     """A reply relayed from upstream, with RA set: recursion is what this server offers."""
     return reply[:3] + bytes([reply[3] | 0x80]) + reply[4:]
-
-
-class RateLimitedLog:
-    """One line per ``interval`` for a recurring failure, with how many were not logged:
-    an upstream outage is one event for the operator, not one line per query."""
-
-    def __init__(self, logger, interval=10.0, clock=time.monotonic):
-        self.logger = logger
-        self.interval = interval
-        self.clock = clock
-        self.next_time = 0.0
-        self.suppressed = 0
-
-    def warn(self, msg, *args):
-        now = self.clock()
-        if now < self.next_time:
-            self.suppressed += 1
-            return
-        if self.suppressed:
-            msg += f" (and {self.suppressed} similar failures in the last {self.interval:g}s)"
-        self.logger.warning(msg, *args)
-        self.suppressed = 0
-        self.next_time = now + self.interval
 
 
 class Reply:

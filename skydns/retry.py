@@ -1,10 +1,12 @@
 """Living with a dependency that fails (etcd, the API server, upstream DNS): a bounded,
-jittered backoff between attempts, one line that says what failed, and a log that says
-each distinct failure once and the recovery once. Shared by skydns and kube2sky."""
+jittered backoff between attempts, one line that says what failed, a log that says each
+distinct failure once and the recovery once, and one that says a recurring failure once
+per interval. Shared by skydns and kube2sky."""
 
 from __future__ import annotations
 
 import random
+import time
 
 import grpc
 
@@ -57,3 +59,26 @@ class FailureLog:
             self.logger.info(message, *args)
         self.healthy, self.last_error = True, ""
         return was_failing
+
+
+class RateLimitedLog:
+    """One line per ``interval`` for a recurring failure, with how many were not logged:
+    an upstream outage is one event for the operator, not one line per query."""
+
+    def __init__(self, logger, interval=10.0, clock=time.monotonic):
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self.next_time = 0.0
+        self.suppressed = 0
+
+    def warn(self, msg, *args):
+        now = self.clock()
+        if now < self.next_time:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            msg += f" (and {self.suppressed} similar failures in the last {self.interval:g}s)"
+        self.logger.warning(msg, *args)
+        self.suppressed = 0
+        self.next_time = now + self.interval

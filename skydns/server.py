@@ -32,8 +32,9 @@ from zope.interface import implementer
 
 from . import encoder, transfer
 from . import wire as wirefmt
+from .config import in_networks
 from .rcache import cache_key
-from .resolver import RateLimitedLog
+from .retry import RateLimitedLog
 
 log = logging.getLogger("skydns.server")
 
@@ -157,7 +158,7 @@ class QueryHandler:
         config = self.config
         if question is None or question.name != config.domain_name:
             reason = "not this server's zone"
-        elif not transfer.allowed(config.transfer_networks, client):
+        elif not in_networks(config.transfer_networks, client):
             reason = f"{client} is not in -transfer-to"
         else:
             self.transfers["sent"] += 1

@@ -25,7 +25,6 @@ sent, the transfer waits instead of buffering the zone for it.
 from __future__ import annotations
 
 import copy
-import ipaddress
 import logging
 import time
 
@@ -56,15 +55,6 @@ class _Slice:
 
 
 COOPERATOR = task.Cooperator(terminationPredicateFactory=_Slice)
-
-
-def allowed(networks, host) -> bool:
-    try:
-        ip = ipaddress.ip_address((host or "").split("%")[0])
-    except ValueError:
-        return False
-    ip = getattr(ip, "ipv4_mapped", None) or ip
-    return any(ip in net for net in networks if net.version == ip.version)
 
 
 def carried_names(store, apex_labels) -> list:

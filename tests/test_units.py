@@ -310,7 +310,7 @@ def test_metrics_merge_fast_path_counts():
 
 def test_rate_limited_log_counts_what_it_suppressed(caplog):
     import logging
-    from skydns.resolver import RateLimitedLog
+    from skydns.retry import RateLimitedLog
     now = [0.0]
     limited = RateLimitedLog(logging.getLogger("t"), interval=10, clock=lambda: now[0])
     with caplog.at_level(logging.WARNING):
