@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ from skydns.config import option, parse_bool, parse_duration
 from skydns.memory import bound_malloc_arenas
 from skydns.retry import Backoff, FailureLog, describe_error
 from skydns.record import OWNER_FIELD
+from skydns.signals import stop_event_on_signals
 
 from .api import collection, slices_served
 from .controller import Controller
@@ -192,9 +192,9 @@ class HealthHandler(BaseHTTPRequestHandler):
 
 
 class App:
-    def __init__(self, args):
+    def __init__(self, args, stop_event):
         self.args = args
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event  # set by a signal: ends the discovery wait and main()
         self.api = kubernetes_client(args)
         self.controller = None
         self.reflectors = []
@@ -325,32 +325,23 @@ class App:
 def main(argv=None):
     args = parse_args(argv)
     bound_malloc_arenas()  # before the first thread and etcd client
+    stop_event = threading.Event()
+    stop_event_on_signals(stop_event, "records follow the API server's watch continuously",
+                          log)  # before the first thread too
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
-        app = App(args)
+        app = App(args, stop_event)
     except Exception as exc:  # an unreadable kubeconfig, no credentials at all
         print(f"kube2sky: cannot start: {exc}", file=sys.stderr)
         return 1
-    done = threading.Event()
-
-    def on_signal(*_):
-        done.set()
-        app.stop_event.set()  # also ends a discovery wait
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    # SIGHUP (a closed terminal, an init system's "reload") must not stop the sync: the
-    # watches keep etcd current all the time, so there is nothing to reload.
-    signal.signal(signal.SIGHUP, lambda *_: log.info(
-        "SIGHUP ignored: records follow the API server's watch continuously"))
     try:
-        app.start()
+        app.start()  # a signal during the discovery wait ends it
     except OSError as exc:  # e.g. the health port is taken
         print(f"kube2sky: cannot start: {exc}", file=sys.stderr)
         return 1
-    while not done.wait(1.0):
-        pass
+    app.stop_event.wait()
     log.info("stopping")
     app.stop()
     return 0

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import signal
 import sys
 import threading
+
+from skydns.signals import stop_event_on_signals
 
 from .errors import ApiError
 from .server import Emulator
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.history < 1:
         parser.error("--history must be at least 1")
+    stop = threading.Event()
+    stop_event_on_signals(stop, "the emulator has nothing to reload")  # before any thread
 
     try:
         emulator = Emulator(port=args.port, host=args.host, history=args.history,
@@ -57,13 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     emulator.store.add_listener(_freeze_kept_objects)
     gc.freeze()  # the seed
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         emulator.start()
     except OSError as exc:
@@ -72,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("kubeemu: serving the Kubernetes API emulator at %s" % emulator.url, flush=True)
     try:
-        while not stop.wait(0.5):
-            pass
+        stop.wait()
     finally:
         emulator.stop()
     print("kubeemu: stopped", flush=True)

@@ -25,6 +25,7 @@ from .querylog import QueryLog
 from .resolver import Resolver
 from .relay import UDPRelay
 from .server import DNSTCPFactory, QueryHandler, UDPServer, bind_udp
+from .signals import hand_to_reactor
 from .store import RecordStore
 from .wire import WireCache
 
@@ -299,14 +300,8 @@ def main(argv=None):
                 child.kill()
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
 
-    shutdown_on = Shutdown(reactor, app)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _: reactor.callFromThread(shutdown_on.signal, signum))
-    # SIGHUP (a closed terminal, an init system's "reload") must not stop cluster DNS:
-    # /skydns/config is watched and applied as it changes, so there is nothing to reload.
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
-        log.info, "SIGHUP ignored: /%s/config is applied whenever it changes in etcd",
-        config.path_prefix))
+    hand_to_reactor(reactor, Shutdown(reactor, app).signal,
+                    f"/{config.path_prefix}/config is applied whenever it changes in etcd")
     reactor.run(installSignalHandlers=False)
     return 0
 

@@ -619,7 +619,7 @@ def _read_line(proc, deadline):
     return box[0] if box else None
 
 
-def test_console_script_prints_its_url_and_stops_on_sigterm(tmp_path):
+def test_console_script_prints_its_url_ignores_sighup_and_stops_on_sigterm(tmp_path):
     manifest = tmp_path / "seed.yaml"
     manifest.write_text(
         "apiVersion: v1\nkind: Service\nmetadata: {name: seeded, namespace: default}\n"
@@ -636,6 +636,7 @@ def test_console_script_prints_its_url_and_stops_on_sigterm(tmp_path):
         assert line and line.startswith("kubeemu: serving the Kubernetes API emulator at "
                                         "http://127.0.0.1:"), (line, proc.poll())
         url = line.rsplit(" ", 1)[1].strip()
+        proc.send_signal(signal.SIGHUP)  # ignored (by default it would kill the process)
         with urllib.request.urlopen(url + "/api/v1/namespaces/default/services/seeded",
                                     timeout=5) as resp:
             assert json.loads(resp.read())["spec"]["clusterIP"] == "None"
