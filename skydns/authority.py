@@ -128,6 +128,10 @@ class Authority:
         self.upstream = upstream  # f(Name, rdtype) -> Deferred[list of (owner, type, ttl, rdata)]
         self.clock = clock
 
+    def reconfigure(self, config):
+        """Read per query: nothing is derived from it."""
+        self.config = config
+
     # -- helpers -------------------------------------------------------------------------
 
     @property

@@ -128,11 +128,11 @@ class Autopath:
         self.found = 0      # walks that answered with a name further down the path
         self.cached = 0     # queries answered from ``answers`` (such a walk, earlier)
         self.not_found = 0  # walks where every name was NXDOMAIN (or an upstream failed)
-        self.configure(config)
+        self.reconfigure(config)
         store.change_listeners.append(self.changed)
         store.reset_listeners.append(self.forget)
 
-    def configure(self, config):
+    def reconfigure(self, config):
         self.domain = config.domain
         labels = config.domain.rstrip(".").split(".")
         labels.reverse()

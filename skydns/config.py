@@ -578,3 +578,60 @@ def apply_etcd_config(base: Config, value: bytes | str) -> Config:
         return dataclasses.replace(base, **changes)
     except ConfigError as exc:
         raise ConfigError(f"/config: {exc}") from None
+
+
+RESTART_ONLY = ("addr", "dnssec", "path_prefix")  # bound or loaded once, at start
+
+
+class LiveConfig:
+    """The configuration in force, and the one place that holds it: the flags, with the
+    JSON object at /skydns/config over them, followed as etcd changes it.
+
+    The parts that read the configuration ``follow`` it: each gives its
+    ``reconfigure(config)``, called in the order given whenever the configuration in force
+    changes, so that what they derive from it (the response cache's size, autopath's
+    search names, the answers built with the old TTLs) changes with it."""
+
+    def __init__(self, flags: Config, value: bytes | str | None = None):
+        """``value``: /skydns/config as read at start, which may set everything."""
+        self.flags = flags
+        self.value = value
+        self.config = flags
+        self._followers = []
+        if value is not None:
+            try:
+                self.config = apply_etcd_config(flags, value)
+                log.info("using /%s/config from etcd over the flags", flags.path_prefix)
+            except ConfigError as exc:
+                log.error("ignoring /%s/config: %s", flags.path_prefix, exc)
+
+    def follow(self, reconfigure) -> None:
+        self._followers.append(reconfigure)
+
+    def update(self, value: bytes | str | None) -> bool:
+        """/skydns/config changed to ``value`` (None: deleted, the flags alone again).
+        True when the configuration in force changed. An unusable object is logged and
+        changes nothing; settings in RESTART_ONLY keep their value until a restart."""
+        if value == self.value:
+            return False
+        self.value = value
+        prefix = self.config.path_prefix
+        try:
+            new = self.flags if value is None else apply_etcd_config(self.flags, value)
+        except ConfigError as exc:
+            log.error("ignoring /%s/config: %s", prefix, exc)
+            return False
+        if new == self.config:
+            return False
+        for field in RESTART_ONLY:
+            if getattr(new, field) != getattr(self.config, field):
+                log.warning("/%s/config changes %s: takes effect after a restart", prefix,
+                            field)
+                new = dataclasses.replace(new, **{field: getattr(self.config, field)})
+        if new == self.config:
+            return False
+        log.info("applying /%s/config", prefix)
+        self.config = new
+        for reconfigure in self._followers:
+            reconfigure(new)
+        return True

@@ -403,6 +403,10 @@ class Forwarder:
         self._servers = []
         self._servers_of = None  # (config, its nameservers) that self._servers was parsed from
 
+    def reconfigure(self, config):
+        """The upstreams are parsed again at the next query (``servers``)."""
+        self.config = config
+
     def servers(self):
         config = self.config
         cached = self._servers_of

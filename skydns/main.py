@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -13,7 +12,7 @@ import time
 from . import __version__
 from .authority import Authority
 from .autopath import Autopath
-from .config import ConfigError, apply_etcd_config, from_args
+from .config import ConfigError, LiveConfig, from_args
 from .coremetrics import CoreDNSCollector
 from .etcdsync import EtcdSync, read_config_value
 from .memory import bound_malloc_arenas
@@ -37,10 +36,10 @@ MIB = 1024 * 1024
 class App:
     """One skydns process: everything that lives for as long as the reactor runs."""
 
-    def __init__(self, reactor, config, flags_config=None):
+    def __init__(self, reactor, live: LiveConfig):
         self.reactor = reactor
-        self.config = config
-        self.flags_config = flags_config or config
+        self.live = live
+        config = live.config
         self.metrics = Metrics(coredns=bool(config.prometheus_port))
         self.store = RecordStore(config.path_prefix)
         self.cache = WireCache(max_bytes=config.answer_cache_mb * MIB)
@@ -70,7 +69,11 @@ class App:
         self.store.change_listeners.append(self.cache.invalidate)
         self.store.reset_listeners.append(self.cache.clear)
         self.store.config_listeners.append(self.etcd_config_changed)
-        self._config_value = None
+        for part in (self.authority, self.forwarder, self.resolver, self.handler,
+                     self.handler.autopath, self.health):
+            if part is not None:
+                live.follow(part.reconfigure)
+        live.follow(self._rebuild_answers)
         self.udp = None
         self.tcp = None
         self.dot = None
@@ -161,37 +164,19 @@ class App:
         self.cache.clear()
         self._schedule_hourly()
 
+    @property
+    def config(self):
+        return self.live.config
+
     def etcd_config_changed(self, value):
-        if value == self._config_value:
-            return
-        self._config_value = value
-        if value is None:
-            new = self.flags_config
-        else:
-            try:
-                new = apply_etcd_config(self.flags_config, value)
-            except ConfigError as exc:
-                log.error("ignoring /%s/config: %s", self.config.path_prefix, exc)
-                return
-        if new == self.config:
-            return
-        for field in ("addr", "dnssec", "path_prefix"):
-            if getattr(new, field) != getattr(self.config, field):
-                log.warning("/%s/config changes %s: takes effect after a restart",
-                            self.config.path_prefix, field)
-                new = dataclasses.replace(new, **{field: getattr(self.config, field)})
-        log.info("applying /%s/config", self.config.path_prefix)
-        upstreams_changed = new.nameservers != self.config.nameservers
-        self.config = new
-        self.resolver.reconfigure(new)
-        self.handler.config = new
-        if self.handler.autopath is not None:
-            self.handler.autopath.configure(new)
-        self.health.config = new
-        self.cache.max_bytes = new.answer_cache_mb * MIB
-        self.cache.clear()
-        if upstreams_changed:
+        upstreams = self.config.nameservers
+        if self.live.update(value) and self.config.nameservers != upstreams:
             self.probe_loops()
+
+    def _rebuild_answers(self, config):
+        """The prebuilt answers carry the old TTLs and limits: drop them all."""
+        self.cache.max_bytes = config.answer_cache_mb * MIB
+        self.cache.clear()
 
     def probe_loops(self):
         """Ask the upstreams for the loop probe (skydns.loop), unless nothing is forwarded."""
@@ -264,14 +249,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("twisted").setLevel(logging.WARNING)
-    config = flags_config
-    value = read_config_value(flags_config)
-    if value is not None:
-        try:
-            config = apply_etcd_config(flags_config, value)
-            log.info("using /%s/config from etcd over the flags", flags_config.path_prefix)
-        except ConfigError as exc:
-            log.error("ignoring /%s/config: %s", flags_config.path_prefix, exc)
+    live = LiveConfig(flags_config, read_config_value(flags_config))
+    config = live.config
 
     if not config.dot_addr:
         # Twisted's TCP transport imports pyOpenSSL whenever it is installed (for DNS over
@@ -280,8 +259,7 @@ def main(argv=None):
         sys.modules.setdefault("OpenSSL", None)
     from twisted.internet import reactor
     try:
-        app = App(reactor, config, flags_config)
-        app._config_value = value
+        app = App(reactor, live)
         worker = os.environ.get("SKYDNS_REUSEPORT") == "1"
         app.start(reuse_port=worker or config.workers > 1, tcp=not worker)
     except Exception as exc:  # bind errors, bad key files: say what and exit

@@ -34,6 +34,10 @@ class Health:
         self.lameduck = None  # why probes must fail while DNS still answers (shutting down)
         self.loop = None      # a LoopProbe, when -loop-probe is on
 
+    def reconfigure(self, config):
+        """The self-query's name and address are read at each probe."""
+        self.config = config
+
     def problems(self):
         out = [self.lameduck] if self.lameduck else []
         if self.loop is not None:

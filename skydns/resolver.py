@@ -83,9 +83,8 @@ class Resolver:
         self._register_metrics(metrics)
 
     def reconfigure(self, config):
+        """A new response cache: its size, TTL bounds and staleness are the config's."""
         self.config = config
-        self.authority.config = config
-        self.forwarder.config = config
         self.rcache = self._new_rcache(config)
         self._stubs = None
 

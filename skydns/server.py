@@ -333,9 +333,7 @@ class QueryHandler:
             inner = self._inner = QueryHandler(self.resolver, self.cache,
                                                Uncounted(self.metrics), self.config)
             inner.autopath = self.autopath  # for what it may cache (never walks: no client)
-        if inner.config_of is not self.config:  # -verbose logs what clients asked only
-            inner.config = dataclasses.replace(self.config, verbose=False)
-            inner.config_of = self.config
+            self.reconfigure(self.config)  # the inner one's, without -verbose
         cache = self.cache
 
         def lookup(wire):
@@ -343,8 +341,12 @@ class QueryHandler:
             return out if out is not None else inner.handle(wire, tcp)
         return lookup
 
-    _inner = None     # the QueryHandler a walk asks through
-    config_of = None  # (of an inner handler: the config its own was made from)
+    _inner = None  # the QueryHandler a walk asks through
+
+    def reconfigure(self, config):
+        self.config = config
+        if self._inner is not None:  # -verbose logs what clients asked only
+            self._inner.config = dataclasses.replace(config, verbose=False)
 
     def _keeps_denial(self, labels) -> bool:
         """Whether an NXDOMAIN for this name may enter the wire cache: not when autopath

@@ -64,6 +64,27 @@ def test_etcd_config_overrides_and_validates():
             cfg.apply_etcd_config(base, bad)
 
 
+def test_live_config_is_followed_in_order_and_keeps_what_needs_a_restart(caplog):
+    flags = cfg.Config(nameservers=["192.0.2.53:53"], ttl=3600)
+    live = cfg.LiveConfig(flags, b'{"ttl":60,"dnssec":"/k/Kexample"}')
+    assert (live.config.ttl, live.config.dnssec) == (60, "/k/Kexample")  # at start: all of it
+    seen = []
+    live.follow(lambda config: seen.append(("first", config.ttl)))
+    live.follow(lambda config: seen.append(("second", config.ttl)))
+    assert live.update(b'{"ttl":60,"dnssec":"/k/Kexample"}') is False  # the same value
+    assert live.update(b'{"ttl":5,"dnssec":"/k/Kother","path_prefix":"dns"}') is True
+    assert seen == [("first", 5), ("second", 5)]
+    assert (live.config.dnssec, live.config.path_prefix) == ("/k/Kexample", "skydns")
+    assert "changes dnssec: takes effect after a restart" in caplog.text
+    assert live.update(b'{"ttl":"soon"}') is False  # logged, nothing changes
+    assert live.config.ttl == 5 and len(seen) == 2
+    assert "ignoring /skydns/config" in caplog.text
+    assert live.update(None) is True  # deleted: the flags again (restart-only ones kept)
+    assert (live.config.ttl, live.config.dnssec) == (3600, "/k/Kexample")
+    assert seen[-2:] == [("first", 3600), ("second", 3600)]
+    assert live.update(b'{"dnssec":"/k/Kexample"}') is False  # only a restart-only field
+
+
 @pytest.mark.parametrize("text, zones", [
     ("", ()),
     ("cluster.local.=5", (("cluster.local.", "/skydns/local/cluster", 5, 5),)),
