@@ -591,13 +591,13 @@ class UDPServer:
                     self.metrics.error("dropped")
                 pending.append((data, addr))
                 continue
-            n = entry[3]
+            n = entry.count
             if n > 1:
-                i = entry[4] = (entry[4] + 1) % n
-                out = data[:2] + entry[0] + data[12:entry[1]] + entry[2][i]
+                i = entry.next = (entry.next + 1) % n
+                out = data[:2] + entry.header + data[12:entry.qend] + entry.variants[i]
             else:
-                out = data[:2] + entry[0] + data[12:entry[1]] + entry[2][0]
-            slot = entry[5]
+                out = data[:2] + entry.header + data[12:entry.qend] + entry.variants[0]
+            slot = entry.slot
             slot[0] += 1
             slot[1] += len(out)
             served += 1

@@ -247,7 +247,7 @@ def wide_reply(query, addresses):
 def counted_bytes(cache):
     """What ``cache.bytes`` must be: each entry held once, whichever tables hold it."""
     held = {id(e): e for table in (cache.table, cache.tcp_table) for e in table.values()}
-    return sum(entry[7] for entry in held.values())
+    return sum(entry.cost for entry in held.values())
 
 
 def test_wire_cache_keeps_to_its_byte_budget_through_any_mix_of_operations():
