@@ -297,9 +297,9 @@ class WireCache:
     """Prebuilt answers keyed by query bytes; the transports read ``table`` (UDP) and
     ``tcp_table`` directly.
 
-    Each answer is an ``Entry``. An answer that was rendered whole serves both transports (it is in both tables); one cut
-    to fit a UDP limit (additional dropped or truncated with TC) only UDP, and a TCP
-    rendering of a wide answer only TCP.
+    Each answer is an ``Entry``. One that was rendered whole serves both transports (it
+    is in both tables); one cut to fit a UDP limit (additional dropped or truncated with
+    TC) only UDP, and a TCP rendering of a wide answer only TCP.
 
     Bounded: at most ``max_entries`` per table and ``max_bytes`` in all (the oldest eighth
     out when full), and negative answers (NXDOMAIN, NODATA) at most a quarter of the
