@@ -206,12 +206,29 @@ class Authority:
             labels = labels[:self.store.existing_depth(labels)]
         result.deps.add(labels)
 
-    def records(self, labels, result, srv=False, group=True):
-        """Records at and below ``labels`` (wildcards allowed), deduplicated and grouped.
+    # Which records at and below a name (wildcards allowed) each answer reads. All raise
+    # NameNotFound when the name does not exist.
 
-        Raises NameNotFound when the name does not exist. Without ``srv``, records below
-        an underscore label are left out (they are SRV data).
-        """
+    def records(self, labels, result):
+        """A and AAAA answers (with the CNAMEs they chase) and TXT: of one group, without
+        SRV data (records below an underscore label)."""
+        return self.lookup(labels, result, srv_data=False, grouped=True)
+
+    def srv_data(self, labels, result):
+        """SRV answers, and whether a name exists at all: of one group, SRV data too."""
+        return self.lookup(labels, result, srv_data=True, grouped=True)
+
+    def mail_hosts(self, labels, result):
+        """MX answers: every group (SkyDNS's), without SRV data."""
+        return self.lookup(labels, result, srv_data=False, grouped=False)
+
+    def name_servers(self, labels, result):
+        """The apex's NS answer, from ns.dns.<domain>: every record, of every group."""
+        return self.lookup(labels, result, srv_data=True, grouped=False)
+
+    def lookup(self, labels, result, srv_data: bool, grouped: bool):
+        """Records at and below ``labels``, deduplicated; those below an underscore label
+        only with ``srv_data``; of the chosen group only (``group``) when ``grouped``."""
         nodes = self.store.match(labels, WILDCARDS)
         self.depend(labels, result, bool(nodes))
         if not nodes:
@@ -219,7 +236,8 @@ class Authority:
         seen = {}  # identity -> index in records
         records = []
         for found_labels, node in nodes:
-            for _, record in self.store.subtree(node, found_labels, skip_underscore=not srv):
+            for _, record in self.store.subtree(node, found_labels,
+                                                skip_underscore=not srv_data):
                 identity = record.identity()
                 index = seen.get(identity)
                 if index is None:
@@ -227,7 +245,7 @@ class Authority:
                     records.append(record)
                 elif address_alias(records[index]) and not address_alias(record):
                     records[index] = record  # the other name of that address is the target
-        return self.group(records) if group else records
+        return self.group(records) if grouped else records
 
     @staticmethod
     def group(records):
@@ -305,7 +323,7 @@ class Authority:
                 records = yield from self.srv_records(qname, lookup_labels, result)
             else:
                 if not apex:
-                    self.records(lookup_labels, result, srv=True)  # NXDOMAIN or NODATA
+                    self.srv_data(lookup_labels, result)  # NXDOMAIN or NODATA
                 records = []
         except NameNotFound:
             return self.negative(result, not apex, qname)
@@ -319,14 +337,14 @@ class Authority:
         seen = set()
         unique = []
         for record in records:
-            key = (record[0], record[1], record[3])
-            if key in seen:
+            owner, rdtype, _ttl, data = record
+            if (owner, rdtype, data) in seen:
                 continue
-            seen.add(key)
+            seen.add((owner, rdtype, data))
             unique.append(record)
         if len(unique) > 1:
-            low = min(min(r[2] for r in unique), self.config.ttl)
-            unique = [(o, t, low, d) for o, t, _, d in unique]
+            low = min(min(ttl for _, _, ttl, _ in unique), self.config.ttl)
+            unique = [(owner, rdtype, low, data) for owner, rdtype, _, data in unique]
         return unique
 
     # -- record kinds --------------------------------------------------------------------
@@ -389,7 +407,7 @@ class Authority:
         return totals
 
     def srv_records(self, qname, labels, result):
-        records = self.records(labels, result, srv=True)
+        records = self.srv_data(labels, result)
         records = [r for r in records if r.ip is not None or r.target is not None]
         totals = self.weights(records)
         out = []
@@ -436,7 +454,7 @@ class Authority:
         return extra
 
     def mx_records(self, qname, labels, result):
-        records = self.records(labels, result, group=False)
+        records = self.mail_hosts(labels, result)
         out = []
         looked_up = set()
         for record in records:
@@ -469,7 +487,7 @@ class Authority:
         """NS at the apex: the names of the records under ns.dns.<domain>, with glue."""
         ns_labels = text_labels("ns.dns." + self.config.domain_text)
         try:
-            records = self.records(ns_labels, result, srv=True, group=False)
+            records = self.name_servers(ns_labels, result)
         except NameNotFound:
             records = []
         out = []

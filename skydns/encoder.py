@@ -89,7 +89,7 @@ def rotated(answer, shift: int) -> list:
 
 def rotations(answer) -> int:
     """How many distinct rotations the answer has (the longest rotated RRset)."""
-    return max((len(r[3]) for r in answer if r[1] in ROTATED), default=1)
+    return max((len(datas) for _, rdtype, _, datas in answer if rdtype in ROTATED), default=1)
 
 
 # -- rendering --------------------------------------------------------------------------

@@ -51,16 +51,16 @@ class ExplainingAuthority(Authority):
                          authority.clock)
         self.steps = steps
 
-    def records(self, labels, result, srv=False, group=True):
+    def lookup(self, labels, result, srv_data, grouped):
         try:
-            chosen = super().records(labels, result, srv, group)
+            chosen = super().lookup(labels, result, srv_data, grouped)
         except NameNotFound:
-            self.steps.append(self.lookup_step(labels, srv, group, None))
+            self.steps.append(self.lookup_step(labels, srv_data, None))
             raise
-        self.steps.append(self.lookup_step(labels, srv, group, chosen))
+        self.steps.append(self.lookup_step(labels, srv_data, chosen))
         return chosen
 
-    def lookup_step(self, labels, srv, group, chosen) -> dict:
+    def lookup_step(self, labels, srv_data, chosen) -> dict:
         """What one lookup of the records at and below ``labels`` read, and why each
         record was kept or left out."""
         wildcard = any(label in WILDCARDS for label in labels)
@@ -73,7 +73,7 @@ class ExplainingAuthority(Authority):
         step["found"] = True
         used = {record.key for record in chosen}
         ungrouped = {record.key: record for record in
-                     super().records(labels, Result(), srv, group=False)}
+                     super().lookup(labels, Result(), srv_data, grouped=False)}
         kept_identity = {record.identity(): record.key for record in ungrouped.values()}
         chosen_group = next((record.group for record in chosen if record.group), "")
         out = []
@@ -88,7 +88,7 @@ class ExplainingAuthority(Authority):
                     where += f", matched by the wildcard as {labels_to_name(found_labels)}"
                 if record.key in used:
                     entry.update(used=True, why=where)
-                elif not srv and attribute_name(rel):
+                elif not srv_data and attribute_name(rel):
                     entry.update(used=False, why=where + "; below an underscore label, so "
                                  "SRV data only (an RFC 8552 attribute leaf)")
                 elif record.key in ungrouped:
