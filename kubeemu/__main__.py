@@ -21,9 +21,8 @@ from .server import Emulator
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kubeemu",
-        description="Serve a small Kubernetes API emulator (core/v1 namespaces, services, "
-                    "endpoints, pods; discovery.k8s.io/v1 endpointslices) over plain HTTP. "
-                    "For tests and local runs: no auth, no admission, state in memory.")
+        description="Serve the Kubernetes API emulator over plain HTTP, for tests and local "
+                    "runs (not an API server: see `python -m pydoc kubeemu`).")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0,

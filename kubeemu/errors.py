@@ -7,9 +7,8 @@ from typing import Any
 __all__ = ["ApiError"]
 
 _REASONS = {
-    400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 406: "NotAcceptable",
-    409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid",
-    500: "InternalError",
+    400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict",
+    410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid", 500: "InternalError",
 }
 
 

@@ -9,7 +9,7 @@
   list as atomic (replaced whole), which is what the real strategy is for most lists
   anyway.  Directives ``$patch: replace|delete``, ``$retainKeys``,
   ``$setElementOrder/<field>`` and ``$deleteFromPrimitiveList/<field>`` are honoured.
-* ``application/json-patch+json`` -- RFC 6902 (add, remove, replace, move, copy, test).
+* ``application/json-patch+json`` -- RFC 6902, by the ``jsonpatch`` library.
 
 Server-side apply (``application/apply-patch+yaml``) is not implemented; the HTTP layer
 answers 415 for it.
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+
+import jsonpatch
 
 __all__ = ["PatchError", "merge_patch", "strategic_merge_patch", "json_patch"]
 
@@ -168,95 +170,14 @@ def _reorder(items: list, order: list, merge_key: str | None) -> list:
 
 # ---------------------------------------------------------------------------- JSON patch
 
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise PatchError("invalid JSON pointer %r" % path)
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _walk(doc: Any, tokens: list[str]) -> Any:
-    node = doc
-    for token in tokens:
-        node = _child(node, token)
-    return node
-
-
-def _child(node: Any, token: str) -> Any:
-    try:
-        if isinstance(node, list):
-            return node[int(token)]
-        if isinstance(node, dict):
-            return node[token]
-    except (KeyError, IndexError, ValueError):
-        pass
-    raise PatchError("path element %r not found" % token)
-
-
-def _index(node: list, token: str, insert: bool) -> int:
-    if insert and token == "-":
-        return len(node)
-    try:
-        index = int(token)
-    except ValueError:
-        raise PatchError("invalid array index %r" % token) from None
-    if index < 0 or index > len(node) or (not insert and index == len(node)):
-        raise PatchError("array index %d out of range" % index)
-    return index
-
-
-def _add(doc: Any, tokens: list[str], value: Any) -> Any:
-    if not tokens:
-        return value
-    parent = _walk(doc, tokens[:-1])
-    if isinstance(parent, list):
-        parent.insert(_index(parent, tokens[-1], True), value)
-    elif isinstance(parent, dict):
-        parent[tokens[-1]] = value
-    else:
-        raise PatchError("cannot add to a scalar")
-    return doc
-
-
-def _remove(doc: Any, tokens: list[str]) -> Any:
-    if not tokens:
-        raise PatchError("cannot remove the whole document")
-    parent = _walk(doc, tokens[:-1])
-    if isinstance(parent, list):
-        return parent.pop(_index(parent, tokens[-1], False))
-    if isinstance(parent, dict) and tokens[-1] in parent:
-        return parent.pop(tokens[-1])
-    raise PatchError("path %r not found" % "/".join(tokens))
-
-
 def json_patch(document: Any, operations: Any) -> Any:
-    """Apply an RFC 6902 JSON patch; returns a new document."""
+    """Apply an RFC 6902 JSON patch; returns a new document.
+
+    A JSON patch is a list (``jsonpatch`` would also read a JSON text). TypeError is the
+    error of jsonpatch 1.33 for operations of the wrong shape (a non-string ``from``...)."""
     if not isinstance(operations, list):
         raise PatchError("a JSON patch must be a list of operations")
-    doc = copy.deepcopy(document)
-    for op in operations:
-        if not isinstance(op, dict) or "op" not in op or "path" not in op:
-            raise PatchError("invalid JSON patch operation %r" % (op,))
-        kind, tokens = op["op"], _pointer(op["path"])
-        if kind == "add":
-            doc = _add(doc, tokens, copy.deepcopy(op.get("value")))
-        elif kind == "remove":
-            _remove(doc, tokens)
-        elif kind == "replace":
-            _walk(doc, tokens)  # must exist
-            if tokens:
-                _remove(doc, tokens)
-            doc = _add(doc, tokens, copy.deepcopy(op.get("value")))
-        elif kind in ("move", "copy"):
-            source = _pointer(op.get("from", ""))
-            value = copy.deepcopy(_walk(doc, source))
-            if kind == "move":
-                _remove(doc, source)
-            doc = _add(doc, tokens, value)
-        elif kind == "test":
-            if _walk(doc, tokens) != op.get("value"):
-                raise PatchError("test operation failed at %r" % op["path"])
-        else:
-            raise PatchError("unknown JSON patch operation %r" % kind)
-    return doc
+    try:
+        return jsonpatch.apply_patch(document, operations)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
+        raise PatchError(str(exc)) from None

@@ -1,9 +1,5 @@
-"""The HTTP layer of the emulator and :class:`Emulator`, its in-process handle.
-
-This is an emulator for tests and local runs, not a Kubernetes API server: plain HTTP
-on loopback, no authentication or authorization, no admission, no garbage collection,
-no finalizers or graceful deletion, no controllers other than EndpointSlice mirroring,
-JSON only (no protobuf, no Table output), everything in memory.
+"""The HTTP layer of the emulator (what it is not: see :mod:`kubeemu`) and
+:class:`Emulator`, its in-process handle.
 
 Served paths::
 
@@ -19,8 +15,7 @@ Verbs: GET (get, list, ``?watch=true``), POST (create), PUT (update), PATCH (mer
 strategic -- approximated, see :mod:`kubeemu.patch` -- and JSON patch; server-side apply
 is 415), DELETE (item or collection).  Query parameters: ``labelSelector``,
 ``fieldSelector``, ``resourceVersion``, ``timeoutSeconds``, ``limit``/``continue``,
-``dryRun``, ``sendInitialEvents`` (ADDED events, then the ``initial-events-end``
-BOOKMARK); ``allowWatchBookmarks``, ``fieldManager``, ``fieldValidation`` and
+``dryRun``; ``allowWatchBookmarks``, ``fieldManager``, ``fieldValidation`` and
 ``resourceVersionMatch`` are accepted and ignored.
 """
 
@@ -151,8 +146,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self.wfile.write(data)
 
     def _handle(self, method: str) -> None:
         try:
@@ -291,8 +285,7 @@ class Handler(BaseHTTPRequestHandler):
         deadline = time.monotonic() + (timeout if timeout and timeout > 0
                                        else emulator.watch_timeout)
         try:
-            watch = emulator.store.watch(res, namespace, query.get("resourceVersion"), match,
-                                         query.get("sendInitialEvents") == "true")
+            watch = emulator.store.watch(res, namespace, query.get("resourceVersion"), match)
             error = None
         except ApiError as exc:
             if exc.code != 410:
@@ -378,7 +371,7 @@ def _target(parts: list[str]) -> Target:
         rest = rest[1:]
     namespace = None
     if rest[:1] == ["namespaces"] and len(rest) >= 3 and not (
-            group == "" and len(rest) == 3 and rest[2] in ("status", "finalize")):
+            group == "" and len(rest) == 3 and rest[2] == "status"):
         namespace, rest = rest[1], rest[2:]
     if not rest or len(rest) > 3:
         raise ApiError(404, _NOT_FOUND, "NotFound")
@@ -387,8 +380,6 @@ def _target(parts: list[str]) -> Target:
         raise ApiError(404, _NOT_FOUND, "NotFound")
     name = rest[1] if len(rest) > 1 else None
     subresource = rest[2] if len(rest) > 2 else None
-    if subresource == "finalize" and res.name == "namespaces":
-        subresource = "status"
     if subresource is not None and subresource not in res.subresources:
         raise ApiError(404, _NOT_FOUND, "NotFound")
     if name is not None and res.namespaced and namespace is None:
@@ -453,18 +444,17 @@ class Emulator:
     def __init__(self, port: int = 0, host: str = "127.0.0.1", history: int = 1000,
                  seed: Iterable[str] = (), service_cidr: str = "10.96.0.0/16",
                  require_namespace: bool = False, watch_timeout: float = 1800.0,
-                 verbose: bool = False, defaults: bool = True):
+                 verbose: bool = False):
         self.host, self.requested_port = host, port
         self.verbose = verbose
         self.watch_timeout = watch_timeout
         self.store = Store(history=history, service_cidr=service_cidr,
                            require_namespace=require_namespace)
         self.store.add_listener(mirror_endpoints)
-        if defaults:
-            for obj in copy.deepcopy(DEFAULT_OBJECTS):
-                if obj["kind"] == "Service":
-                    obj["spec"]["clusterIP"] = self.store.defaulter.ips.first
-                self.store.apply(obj)
+        for obj in copy.deepcopy(DEFAULT_OBJECTS):
+            if obj["kind"] == "Service":
+                obj["spec"]["clusterIP"] = self.store.defaulter.ips.first
+            self.store.apply(obj)
         for path in seed:
             self.load(path)
         self._server: _Server | None = None

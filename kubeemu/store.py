@@ -21,7 +21,7 @@ import collections
 import json
 import threading
 import time
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from . import patch as patches
 from .errors import ApiError
@@ -88,12 +88,6 @@ class Store:
     def resource_version(self) -> int:
         with self._cond:
             return self._rv
-
-    @property
-    def oldest_watchable(self) -> int:
-        """The oldest resourceVersion a watch may start from without 410."""
-        with self._cond:
-            return self._compacted
 
     def add_listener(self, listener: Callable[["Store", Event], None]) -> None:
         self._listeners.append(listener)
@@ -367,28 +361,17 @@ class Store:
     # -- watch ---------------------------------------------------------------------------
 
     def watch(self, resource: str | Resource, namespace: str | None = None,
-              resource_version: str | None = None, match: Match | None = None,
-              send_initial_events: bool = False) -> "Watch":
+              resource_version: str | None = None, match: Match | None = None) -> "Watch":
         """Start a watch.  ``resource_version`` None/""/"0": ADDED for current objects first.
-
-        ``send_initial_events`` (the WatchList protocol) also starts with the current
-        objects, whatever the resourceVersion, and marks their end with a BOOKMARK
-        annotated ``k8s.io/initial-events-end``.  Raises 410 Expired when
-        ``resource_version`` is older than the history.
-        """
+        Raises 410 Expired when ``resource_version`` is older than the history."""
         res = self._res(resource)
         match = match or _match_all
         with self._cond:
-            if resource_version in (None, "", "0") or send_initial_events:
+            if resource_version in (None, "", "0"):
                 initial = [("ADDED", copy_json(obj))
                            for key, obj in sorted(self._objects[res.name].items())
                            if not (res.namespaced and namespace and key[0] != namespace)
                            and match(obj)]
-                if send_initial_events:
-                    initial.append(("BOOKMARK", {
-                        "kind": res.kind, "apiVersion": res.api_version,
-                        "metadata": {"resourceVersion": str(self._rv), "annotations": {
-                            "k8s.io/initial-events-end": "true"}}}))
                 return Watch(self, res, namespace, match, self._rv, initial)
             try:
                 start = int(resource_version)
@@ -486,11 +469,3 @@ class Watch:
                 if remaining <= 0:
                     return []
                 store._written[self.res.name].wait(remaining)
-
-    def __iter__(self) -> Iterable[tuple[str, dict]]:
-        """Iterate events until the store closes (for in-process use)."""
-        while True:
-            batch = self.next(1.0)
-            if batch is None:
-                return
-            yield from batch

@@ -280,6 +280,40 @@ def test_service_get_list_update_patch_delete(emu, v1, ns):
     assert again.value.status == 404
 
 
+def test_json_patch_operations_and_the_422_for_one_that_cannot_apply(emu, v1, ns):
+    """RFC 6902 as kubectl patch --type=json and the client's list bodies send it: the
+    operations apply in order, and a patch that fails (any operation) changes nothing."""
+    v1.create_namespaced_service(ns, svc_body("web", {"app": "web", "tier": "fe"}))
+    path = "/api/v1/namespaces/%s/services/web" % ns
+
+    def json_patch(ops):
+        return http(emu, "PATCH", path, ops, "application/json-patch+json")
+
+    status, patched = json_patch([
+        {"op": "test", "path": "/spec/ports/0/port", "value": 80},
+        {"op": "add", "path": "/spec/ports/-", "value": {"name": "metrics", "port": 9090}},
+        {"op": "add", "path": "/metadata/labels/example.com~1team", "value": "dns"},
+        {"op": "copy", "from": "/metadata/labels/app", "path": "/metadata/labels/copied"},
+        {"op": "move", "from": "/metadata/labels/tier", "path": "/metadata/labels/moved"},
+        {"op": "remove", "path": "/spec/ports/0"}])
+    assert status == 200, patched
+    assert patched["metadata"]["labels"] == {"app": "web", "example.com/team": "dns",
+                                             "copied": "web", "moved": "fe"}
+    assert [(p["name"], p["port"]) for p in patched["spec"]["ports"]] == [("metrics", 9090)]
+    version = patched["metadata"]["resourceVersion"]
+
+    for ops in ([{"op": "add", "path": "/metadata/labels/x", "value": "y"},
+                 {"op": "test", "path": "/spec/ports/0/port", "value": 80}],   # fails
+                [{"op": "remove", "path": "/spec/nothing"}],
+                [{"op": "replace", "path": "/spec/ports/5", "value": {"port": 1}}],
+                [{"op": "copy", "from": 5, "path": "/metadata/labels/x"}],
+                [{"op": "frob", "path": "/spec"}],
+                {"op": "remove", "path": "/spec/ports/0"}):                     # not a list
+        status, refused = json_patch(ops)
+        assert status == 422 and refused["reason"] == "Invalid", (ops, refused)
+    assert v1.read_namespaced_service("web", ns).metadata.resource_version == version
+
+
 def test_a_list_serves_each_object_as_its_last_write_left_it(emu, v1, ns):
     """Lists are served from JSON kept between lists (as the API server's watch cache):
     every create, update, patch and delete shows in the next list, in key order."""
