@@ -498,6 +498,8 @@ class Forwarder:
         healthy = [s for s in rotated if s not in self.down]
         if len(healthy) == len(rotated):
             return rotated
+        if not healthy:  # this query tries each in turn anyway: a probe would send it twice
+            return rotated
         now = self.clock()
         for server in rotated:
             if server in self.down and now >= self.down[server]:

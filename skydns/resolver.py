@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import time
 
 import dns.edns
 import dns.flags
@@ -65,8 +66,10 @@ class Reply:
 
 
 class Resolver:
-    def __init__(self, config, store, authority, forwarder, metrics, signer=None):
+    def __init__(self, config, store, authority, forwarder, metrics, signer=None,
+                 clock=time.monotonic):
         self.config = config
+        self.clock = clock  # the response cache's (TTLs run down, stale windows)
         self.store = store
         self.authority = authority
         self.forwarder = forwarder
@@ -88,10 +91,9 @@ class Resolver:
         self.rcache = self._new_rcache(config)
         self._stubs = None
 
-    @staticmethod
-    def _new_rcache(config):
+    def _new_rcache(self, config):
         return ResponseCache(config.rcache, config.rcache_ttl, config.rcache_stale,
-                             max_bytes=config.rcache_mb * 1024 * 1024)
+                             clock=self.clock, max_bytes=config.rcache_mb * 1024 * 1024)
 
     def _register_metrics(self, metrics):
         metrics.labelled_counter(
@@ -505,8 +507,8 @@ class Resolver:
         waiter = defer.Deferred()
         waiters = self.in_flight.get(key) if key is not None else None
         if waiters is not None:
-            limit = self.config.max_concurrent
-            if limit and self.coalesced >= limit:  # a flood of one name costs memory too
+            most = self.config.max_concurrent
+            if most and self.coalesced >= most:  # a flood of one name costs memory too
                 return defer.fail(Overloaded(f"{self.coalesced} queries wait for others"))
             self.coalesced += 1
             self.events["coalesced"] += 1
