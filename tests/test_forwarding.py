@@ -488,16 +488,6 @@ def test_ttl_aged_and_clients_id_and_spelling_kept(sky, upstream):
     assert upstream.count("ttl5.case.example.com.") == 1
 
 
-def test_negative_answer_cached_for_the_soa_minimum(sky, upstream):
-    for _ in range(2):
-        reply = ask(sky, "nx.neg.example.com.")
-        assert reply.rcode() == dns.rcode.NXDOMAIN and reply.authority
-    assert upstream.count("nx.neg.example.com.") == 1
-    time.sleep(1.1)  # the SOA minimum is 1 s
-    assert ask(sky, "nx.neg.example.com.").rcode() == dns.rcode.NXDOMAIN
-    assert upstream.count("nx.neg.example.com.") == 2
-
-
 @pytest.mark.parametrize("name, rcode", [("nodata.a.example.com.", dns.rcode.NOERROR),
                                          ("fail.a.example.com.", dns.rcode.SERVFAIL)])
 def test_not_cached_without_soa_or_on_servfail(sky, upstream, name, rcode):
@@ -561,21 +551,6 @@ def test_identical_queries_in_flight_share_one_upstream_query(sky, upstream):
         assert addresses(reply) == ["192.0.2.1"]
     assert upstream.count(name) == 1
     assert scrape(sky, "skydns_forward_events_total", {"event": "coalesced"}) == before + 19
-
-
-def test_popular_entry_prefetched_before_it_expires(sky, upstream):
-    name = "ttl2.prefetch.example.com."
-    started = time.monotonic()
-    for _ in range(4):  # one miss, three hits
-        assert addresses(ask(sky, name)) == ["192.0.2.1"]
-    time.sleep(max(0, started + 1.2 - time.monotonic()))  # in the entry's last second
-    assert ttls(ask(sky, name)) == [1]
-    wait_for(lambda: upstream.count(name) == 2, timeout=2, what="the prefetch")
-    time.sleep(max(0, started + 2.3 - time.monotonic()))  # past the first entry's end
-    reply = ask(sky, name)
-    assert addresses(reply) == ["192.0.2.1"] and ttls(reply)[0] in (1, 2)
-    assert upstream.count(name) == 2
-    assert scrape(sky, "skydns_forward_events_total", {"event": "prefetch"}) >= 1
 
 
 def test_ptr_record_replaces_a_cached_forwarded_answer(sky, upstream, etcd):
