@@ -469,11 +469,11 @@ class Forwarder:
                 raise ForwardError("; ".join(failures))
             self.stats.sent(server)
             return self._exchange(wire, server, tcp).addCallbacks(
-                answered, failed, callbackArgs=(server, time.monotonic()),
+                answered, failed, callbackArgs=(server, self.clock()),
                 errbackArgs=(server,))
 
         def answered(reply, server, sent):
-            self.stats.answered(server, reply, time.monotonic() - sent)
+            self.stats.answered(server, reply, self.clock() - sent)
             self._answered(server)
             return original_id + reply[2:]
 
