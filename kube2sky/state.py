@@ -218,9 +218,12 @@ class DesiredState:
         return changes
 
     def _report(self, owner, problems):
+        """Log each of an owner's problems once, while it lasts."""
         if problems and self.problems.get(owner) != problems:
+            before = self.problems.get(owner) or ()
             for problem in problems:
-                log.warning("skipping %s", problem)
+                if problem not in before:
+                    log.warning("skipping %s", problem)
         if problems:
             self.problems[owner] = problems
         else:
@@ -367,7 +370,10 @@ class DesiredState:
         setter, _ = self._handlers(kind)
         changes = {}
         for obj in objects:
-            changes.update(setter(obj))
+            try:
+                changes.update(setter(obj))
+            except Exception as exc:
+                self._cannot_take(kind, obj, exc)
         return changes
 
     def end_list(self, kind, listed) -> dict:
@@ -376,10 +382,30 @@ class DesiredState:
         changes = {}
         for key in self._held(kind):
             if key not in listed:
-                changes.update(deleter(self._object(kind, key)))
+                obj = self._object(kind, key)
+                try:
+                    changes.update(deleter(obj))
+                except Exception as exc:
+                    self._cannot_take(kind, obj, exc)
         return changes
 
     def handle(self, kind, event_type, obj) -> dict:
         """One watch event (ADDED/MODIFIED/DELETED) of one kind."""
         setter, deleter = self._handlers(kind)
-        return deleter(obj) if event_type == "DELETED" else setter(obj)
+        try:
+            return deleter(obj) if event_type == "DELETED" else setter(obj)
+        except Exception as exc:
+            self._cannot_take(kind, obj, exc)
+            return {}
+
+    @staticmethod
+    def _cannot_take(kind, obj, exc):
+        """An object its handler cannot take (one no API server sends: labels that are a
+        list, metadata that is a string) is skipped with a line saying which and why;
+        raising would end the sync thread, and with it every record's updates."""
+        metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+        if isinstance(metadata, Mapping):
+            name = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        else:
+            name = "(without metadata)"
+        log.warning("skipping %s %s: %s", kind, name, describe_error(exc))

@@ -9,7 +9,6 @@ the order it hands out is checked exactly.
 from __future__ import annotations
 
 import threading
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -29,10 +28,13 @@ def writer_for(etcd, writers=etcdwriter.WRITERS):
 
 
 def wait_written(writer, timeout=30):
-    deadline = time.monotonic() + timeout
-    while writer.pending() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert writer.pending() == 0, f"{writer.pending()} keys still pending"
+    """Until no key is pending or in flight: woken by the writer whenever a transaction
+    ends (its ``_drained`` condition, the one ``wait_below`` waits on), not by polling.
+    (``wait_below`` itself returns at once after a failed transaction; this waits on.)"""
+    with writer._drained:
+        done = writer._drained.wait_for(
+            lambda: not writer._pending and not writer._in_flight, timeout=timeout)
+    assert done, f"{writer.pending()} keys still pending"
 
 
 @pytest.fixture
