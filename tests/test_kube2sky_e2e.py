@@ -791,38 +791,6 @@ def test_big_lists_are_paged_and_a_restart_in_sync_writes_nothing(fresh):
 
 # -- 5. ownership ----------------------------------------------------------------------------
 
-def test_keys_of_other_writers_survive_reconcile_and_restart(fresh):
-    f = fresh()
-    ns = "owners"
-    foreign = {
-        f"{BASE}/svc/default/manual/x": plain("192.0.2.1"),
-        # looks like kube2sky's (a service's hash leaf, a PTR, a pod) but has no owner field
-        f"{BASE}/svc/{ns}/gone/{lbl('10.96.40.9')}": plain("10.96.40.9"),
-        f"{BASE}/svc/{ns}/web/manual": plain("192.0.2.2"),
-        ptr_key("10.96.40.8"): plain(f"gone.{ns}.svc.{DOMAIN}."),
-        f"{BASE}/pod/{ns}/10-244-40-1/{lbl('10.244.40.1')}": plain("10.244.40.1"),
-        "/skydns/local/other/x": plain("192.0.2.3"),
-        # another writer's own owner field
-        f"{BASE}/svc/{ns}/gone/other": encode_record("192.0.2.4", ttl=30, owner="someone"),
-    }
-    etcd = f.etcd.client()
-    try:
-        for key, value in foreign.items():
-            etcd.put(key, value)
-    finally:
-        etcd.close()
-    k2s = f.kube2sky()
-    f.kube.service(ns, "web", [{"name": "http", "port": 80}], cluster_ip="10.96.40.1")
-    web = cluster_ip_keys(ns, "web", "10.96.40.1", [("http", 80, "tcp")])
-    wait_etcd_equals(f.etcd, {**BASELINE, **web}, extra=foreign)
-    f.kube.core.delete_namespaced_service("web", ns)
-    wait_etcd_equals(f.etcd, BASELINE, extra=foreign)
-    k2s.stop()
-    k2s.start()
-    time.sleep(0.5)   # the reconcile after the first sync would have deleted them by now
-    wait_etcd_equals(f.etcd, BASELINE, extra=foreign)
-
-
 def test_an_etcd_written_with_ownership_markers_is_converted(fresh):
     """What an older kube2sky left (values without the owner field, a marker key beside
     each): desired keys are rewritten with the owner field, marked keys no longer desired
@@ -886,45 +854,6 @@ def test_duplicate_endpoint_hostnames(stack):
     converge_srv(sky, f"_pg._tcp.{zone}", [(5432, f"dup.{zone}")])
     kube.core.delete_namespaced_endpoints("db", ns)
     converge(sky, f"dup.{zone}", "A", "NXDOMAIN")
-
-
-def test_ptr_for_an_ip_in_two_headless_services_is_deterministic(fresh):
-    """One IP in two headless services: the PTR names the same one whatever the creation
-    order, after a restart too; the other takes over when it goes. Both orders run on a
-    fresh kube2sky, each with its own namespace and IP."""
-    f = fresh()
-    k2s = f.kube2sky()
-    sky = f.skydns()
-    runs = [(("alpha", "beta"), "shared-ip-1", "10.244.50.5"),
-            (("beta", "alpha"), "shared-ip-2", "10.244.50.6")]
-    for order, ns, ip in runs:
-        for name in order:
-            f.kube.headless(ns, name, [{"name": "http", "port": 80}])
-            f.kube.endpoints(ns, name, ready=[(ip, None)], ports=[{"name": "http", "port": 80}])
-    winners = {}
-    for order, ns, ip in runs:
-        for name in order:
-            converge(sky, svc_fqdn(name, ns), "A", [ip])
-        rcode, data = answer(sky, reverse(ip), "PTR")
-        assert rcode == "NOERROR" and len(data) == 1, (rcode, data)
-        winners[order] = data[0].split(".")[1]
-    assert winners[("alpha", "beta")] == winners[("beta", "alpha")], winners
-    winner = winners[("alpha", "beta")]
-    other = "beta" if winner == "alpha" else "alpha"
-
-    def ptr(name, ns, ip):
-        return [f"{lbl(ip)}.{name}.{ns}.svc.{DOMAIN}."]
-    # the same after a restart (state rebuilt from lists)
-    k2s.stop()
-    k2s.start()
-    for _, ns, ip in runs:
-        converge(sky, reverse(ip), "PTR", ptr(winner, ns, ip))
-    # the other owner takes over when the winner goes; the PTR goes with the last one
-    for _, ns, ip in runs:
-        f.kube.core.delete_namespaced_service(winner, ns)
-        converge(sky, reverse(ip), "PTR", ptr(other, ns, ip))
-        f.kube.core.delete_namespaced_endpoints(other, ns)
-        converge(sky, reverse(ip), "PTR", "NXDOMAIN")
 
 
 # -- 7. an unchanged service never answers NXDOMAIN ------------------------------------------
