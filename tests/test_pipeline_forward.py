@@ -80,22 +80,22 @@ RECORDS = {  # ExternalName services, as kube2sky writes them
 
 # -- upstream behaviours: functions of the query (a dns.message) -> reply, or None --------
 
-def a(ttl, address):
+def answer(rdtype, ttl, data):
+    """The asked name's one record of ``rdtype``."""
     def reply(query):
         response = dns.message.make_response(query)
-        response.answer.append(dns.rrset.from_text(query.question[0].name, ttl, "IN", "A",
-                                                   address))
+        response.answer.append(dns.rrset.from_text(query.question[0].name, ttl, "IN", rdtype,
+                                                   data))
         return response
     return reply
+
+
+def a(ttl, address):
+    return answer("A", ttl, address)
 
 
 def ptr(ttl, target):
-    def reply(query):
-        response = dns.message.make_response(query)
-        response.answer.append(dns.rrset.from_text(query.question[0].name, ttl, "IN", "PTR",
-                                                   target))
-        return response
-    return reply
+    return answer("PTR", ttl, target)
 
 
 def negative(rcode, soa_ttl, minimum):
