@@ -621,8 +621,6 @@ class LiveConfig:
         except ConfigError as exc:
             log.error("ignoring /%s/config: %s", prefix, exc)
             return False
-        if new == self.config:
-            return False
         for field in RESTART_ONLY:
             if getattr(new, field) != getattr(self.config, field):
                 log.warning("/%s/config changes %s: takes effect after a restart", prefix,

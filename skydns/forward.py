@@ -496,10 +496,8 @@ class Forwarder:
         if not self.down:
             return rotated
         healthy = [s for s in rotated if s not in self.down]
-        if len(healthy) == len(rotated):
-            return rotated
-        if not healthy:  # this query tries each in turn anyway: a probe would send it twice
-            return rotated
+        if not healthy or len(healthy) == len(rotated):
+            return rotated  # with none healthy, this query tries each: no probe beside it
         now = self.clock()
         for server in rotated:
             if server in self.down and now >= self.down[server]:
