@@ -43,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.history < 1:
         parser.error("--history must be at least 1")
-    stop = threading.Event()
-    stop_event_on_signals(stop, "the emulator has nothing to reload")  # before any thread
 
     try:
         emulator = Emulator(port=args.port, host=args.host, history=args.history,
@@ -59,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     emulator.store.add_listener(_freeze_kept_objects)
     gc.freeze()  # the seed
+    stop = threading.Event()
+    # Before the first thread (start's), and no earlier: whoever calls main() and gets a
+    # return code for bad flags or seeds (a test) keeps its signals as they were.
+    stop_event_on_signals(stop, "the emulator has nothing to reload")
     try:
         emulator.start()
     except OSError as exc:

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -94,12 +95,15 @@ def kubeemu_args(command):
         raise OSError("stand-in: not starting")
 
     assert command[0] == "kubeemu"
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     with mock.patch.object(kmain, "Emulator", side_effect=fake):
         try:
             rc = kmain.main(list(command[1:]))
         except SystemExit as exc:  # argparse rejected a flag
             pytest.fail(f"kubeemu rejects {command}: exit {exc.code}")
     assert rc == 2 and seen, "kubeemu.main did not reach Emulator()"
+    # every process this test run starts afterwards would inherit blocked signals
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == blocked
     return seen
 
 
