@@ -71,6 +71,9 @@ class Controller(threading.Thread):
         self._list_seconds = {}      # kind -> seconds spent applying its list's pages
         self.collector = CollectorPause()  # paused by run() for the first lists
         self.change_log = ChangeLog()
+        self._handlers = {"snapshot": self._adopt_snapshot, "elected": self._on_elected,
+                          "lost": self._on_lost, "page": self._on_page,
+                          "listed": self._on_listed, "event": self._on_event}
 
     def _read_snapshot(self):
         """In its own thread; the result goes through the queue, so only the controller
@@ -167,59 +170,57 @@ class Controller(threading.Thread):
                 return_freed_memory()  # the snapshot and the list pages are gone by now
 
     def _apply(self, item):
-        # At start a list's changes are everything (the state was empty): only what the
-        # snapshot of etcd lacks is written (new records at once, deletions after all
-        # lists); without a snapshot, nothing until the reconcile, which writes only what
-        # differs from etcd (a restart against an etcd in sync writes nothing). A relist's
-        # changes are real differences and go out at once, as events do.
-        if item[0] == "snapshot":
-            self._adopt_snapshot(item[1])
-            return
-        if item[0] == "elected":
-            log.info("leading: reconciling etcd with the whole state once every resource "
-                     "is listed")
-            self.reconcile_needed = True
-            self.synced = False
-            self._backoff.reset()
-            self._next_reconcile = 0.0
-            return
-        if item[0] == "lost":
-            dropped = self.writer.discard()
-            log.info("standing by: %d changes not written (the leader writes them)", dropped)
-            self.reconcile_needed = True
-            self.synced = False
-            return
-        if item[0] == "page":
-            _, kind, items = item
-            # A list outruns etcd: its values would wait in the writer's queue (all
-            # 440,000 of them at cluster scale, and the heap they leave behind stays
-            # fragmented). Let the queue drain to a bound first, unless etcd is failing.
-            self.writer.wait_below(PENDING_LIMIT, timeout=PENDING_WAIT)
-            started = time.monotonic()
-            changes = self.state.apply_page(kind, items)
-            self._list_seconds[kind] = self._list_seconds.get(kind, 0.0) + \
-                time.monotonic() - started
-            if not self._starting:
-                self._send(changes)
-            elif self._snapshot is not None:
-                self._send({key: value for key, value in changes.items()
-                            if value is not None})
-            return
-        if item[0] == "listed":
-            _, kind, listed, version = item
-            started = time.monotonic()
-            changes = self.state.end_list(kind, listed)
-            if not self._starting:
-                self._send(changes)
-            log.info("%s: %d listed objects applied in %.2fs (%d keys desired)", kind,
-                     len(listed), self._list_seconds.pop(kind, 0.0) + time.monotonic() -
-                     started, len(self.state.index))
-            self.listed.add(kind)
-            self.reconcile_needed = True
-            if self.listed >= self.kinds:
-                self.collector.resume()
-            return
-        _, kind, event_type, obj = item
+        """One inbox message, ``(what, *arguments)``: what the reflectors, the start-up
+        read of etcd and the election put in ``queue``, each to its method (``_handlers``)."""
+        self._handlers[item[0]](*item[1:])
+
+    def _on_elected(self):
+        log.info("leading: reconciling etcd with the whole state once every resource "
+                 "is listed")
+        self.reconcile_needed = True
+        self.synced = False
+        self._backoff.reset()
+        self._next_reconcile = 0.0
+
+    def _on_lost(self):
+        dropped = self.writer.discard()
+        log.info("standing by: %d changes not written (the leader writes them)", dropped)
+        self.reconcile_needed = True
+        self.synced = False
+
+    def _on_page(self, kind, items):
+        """At start a list's changes are everything (the state was empty): only what the
+        snapshot of etcd lacks is written (new records at once, deletions after all
+        lists); without a snapshot, nothing until the reconcile, which writes only what
+        differs from etcd (a restart against an etcd in sync writes nothing). A relist's
+        changes are real differences and go out at once, as events do."""
+        # A list outruns etcd: its values would wait in the writer's queue (all 440,000
+        # of them at cluster scale, and the heap they leave behind stays fragmented). Let
+        # the queue drain to a bound first, unless etcd is failing.
+        self.writer.wait_below(PENDING_LIMIT, timeout=PENDING_WAIT)
+        started = time.monotonic()
+        changes = self.state.apply_page(kind, items)
+        self._list_seconds[kind] = self._list_seconds.get(kind, 0.0) + \
+            time.monotonic() - started
+        if not self._starting:
+            self._send(changes)
+        elif self._snapshot is not None:
+            self._send({key: value for key, value in changes.items() if value is not None})
+
+    def _on_listed(self, kind, listed, version):
+        started = time.monotonic()
+        changes = self.state.end_list(kind, listed)
+        if not self._starting:
+            self._send(changes)
+        log.info("%s: %d listed objects applied in %.2fs (%d keys desired)", kind,
+                 len(listed), self._list_seconds.pop(kind, 0.0) + time.monotonic() -
+                 started, len(self.state.index))
+        self.listed.add(kind)
+        self.reconcile_needed = True
+        if self.listed >= self.kinds:
+            self.collector.resume()
+
+    def _on_event(self, kind, event_type, obj):
         changes = self.state.handle(kind, event_type, obj)
         if changes:
             self.change_log.note(kind, obj, event_type, len(changes))
