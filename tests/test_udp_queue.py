@@ -104,3 +104,18 @@ def test_the_queue_is_bounded_oldest_dropped_and_counted(udp, monkeypatch):
     reader.doRead()  # queued behind the backlog, the oldest dropped
     assert len(reader.pending) == 5 and reader.metrics.errors["dropped"] == 1
     assert reader.pending[-1][0][:2] == (7).to_bytes(2, "big")
+
+
+def test_the_reader_bench_runs():
+    """bench/udp_reader_hits.py drives UDPServer.doRead with a stand-in socket; it must
+    keep running as the reader changes (it asserts every query was answered from the
+    wire cache), and its --against measures another tree (here this one again)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "bench" / "udp_reader_hits.py"),
+                          "--against", str(root), "--alternations", "1", "--batches", "2",
+                          "--rounds", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ns a query" in out.stdout and "ratio (this tree / --against)" in out.stdout
