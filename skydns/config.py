@@ -238,14 +238,16 @@ def forwarding_loop(upstream: str, listen: str) -> str | None:
 
 
 def option(default, helptext: str, parse=str, env: str | None = None, etcd=None,
-           flag=True):
+           flag=True, restart=False):
     """A setting's field, described once: its default (a list is copied for each
     instance), its help, how a flag's or an environment variable's text is parsed, the
     variable (``env``), the /skydns/config key and the type it must have there (``etcd``:
-    (key, type), type None for read_timeout's Go duration), and whether it is a flag
-    (named as the attribute, ``_`` -> ``-``). kube2sky's flags (``kube2sky.main.Settings``)
-    are described the same way."""
-    metadata = {"help": helptext, "parse": parse, "env": env, "etcd": etcd, "flag": flag}
+    (key, type), type None for read_timeout's Go duration), whether a change in
+    /skydns/config takes effect only after a restart (``restart``), and whether it is a
+    flag (named as the attribute, ``_`` -> ``-``). kube2sky's flags
+    (``kube2sky.main.Settings``) are described the same way."""
+    metadata = {"help": helptext, "parse": parse, "env": env, "etcd": etcd, "flag": flag,
+                "restart": restart}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -258,7 +260,7 @@ class Config:
 
     addr: str = option(
         "127.0.0.1:53", "ip:port to serve DNS on (UDP and TCP)",
-        env="SKYDNS_ADDR", etcd=("dns_addr", str))
+        env="SKYDNS_ADDR", etcd=("dns_addr", str), restart=True)
     domain: str = option(
         "skydns.local.", "domain to be authoritative for",
         env="SKYDNS_DOMAIN", etcd=("domain", str))
@@ -274,7 +276,7 @@ class Config:
         etcd=("hostmaster", str))
     dnssec: str = option(
         "", "base path of a BIND DNSSEC key pair; enables signing",
-        etcd=("dnssec", str))
+        etcd=("dnssec", str), restart=True)
     no_rec: bool = option(
         False, "do not forward names outside the domain",
         parse=parse_bool, etcd=("no_rec", parse_bool))
@@ -493,7 +495,6 @@ class Config:
 # (flag, attribute, type, environment variable, help) of the settings that are flags
 _FLAGS = [(f.name.replace("_", "-"), f.name, f.metadata["parse"], f.metadata["env"],
            f.metadata["help"]) for f in dataclasses.fields(Config) if f.metadata["flag"]]
-_BOOL_TYPES = (parse_bool,)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs = {"dest": attr, "default": argparse.SUPPRESS, "help": helptext}
         if env:
             kwargs["help"] += f" [${env}]"
-        if typ in _BOOL_TYPES:
+        if typ is parse_bool:
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
         else:
             kwargs.update(type=typ, metavar=attr.upper())
@@ -558,7 +559,7 @@ def apply_etcd_config(base: Config, value: bytes | str) -> Config:
             continue
         attr, typ = _ETCD_KEYS[key]
         try:
-            if attr == "rtimeout":
+            if typ is None:  # a Go duration: nanoseconds, or text such as "2s"
                 val = val / 1e9 if isinstance(val, (int, float)) else parse_duration(val)
             elif typ is list:
                 if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
@@ -580,7 +581,8 @@ def apply_etcd_config(base: Config, value: bytes | str) -> Config:
         raise ConfigError(f"/config: {exc}") from None
 
 
-RESTART_ONLY = ("addr", "dnssec", "path_prefix")  # bound or loaded once, at start
+# Settings /skydns/config may set that are bound or loaded once, at start.
+RESTART_ONLY = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["restart"])
 
 
 class LiveConfig:
