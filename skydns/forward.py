@@ -400,25 +400,24 @@ class Forwarder:
         self.stats = UpstreamMetrics()  # per upstream, in CoreDNS's terms (coremetrics)
         self.down = {}        # (host, port) -> clock() of its next background probe
         self.pools = {}       # (host, port) -> _UDPPool, made on first use
-        self._servers = []
-        self._servers_of = None  # (config, its nameservers) that self._servers was parsed from
+        self._servers = self._parse_servers(config)
 
     def reconfigure(self, config):
-        """The upstreams are parsed again at the next query (``servers``)."""
+        """New default upstreams: the pools of those that are gone are closed."""
         self.config = config
+        servers = self._parse_servers(config)
+        for server in set(self._servers) - set(servers):
+            pool = self.pools.pop(server, None)
+            if pool is not None:
+                pool.close()
+        self._servers = servers
+
+    @staticmethod
+    def _parse_servers(config):
+        return [parse_hostport(ns, 53) for ns in config.nameservers]
 
     def servers(self):
-        config = self.config
-        cached = self._servers_of
-        if cached is None or cached[0] is not config or cached[1] != config.nameservers:
-            servers = [parse_hostport(ns, 53) for ns in config.nameservers]
-            if cached is not None:  # the default servers changed: close the old ones' pools
-                for server in set(self._servers) - set(servers):
-                    pool = self.pools.pop(server, None)
-                    if pool is not None:
-                        pool.close()
-            self._servers = servers
-            self._servers_of = (config, list(config.nameservers))
+        """The default upstreams, (host, port) in -nameservers order."""
         return self._servers
 
     def down_count(self) -> int:
