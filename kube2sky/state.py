@@ -138,8 +138,7 @@ class DesiredState:
         if kind == "svc":
             return self._service_records(owner[1], owner[2])[0]
         if kind == "pod":
-            pod = self.pods.get(owner[1:])
-            return pod_records(self.layout, pod)[0] if pod is not None else {}
+            return self._pod_records(owner[1], owner[2])[0]
         return self.layout.dns_version() if owner == DNS_VERSION else {}
 
     # -- the index -----------------------------------------------------------------------
@@ -325,9 +324,20 @@ class DesiredState:
             return {}
         ns, name = meta(obj)
         self.pods[(ns, name)] = obj
-        records, problems = pod_records(self.layout, obj)
+        records, problems = self._pod_records(ns, name)
         self._report(("pod", ns, name), problems)
         return self._set_owner(("pod", ns, name), records)
+
+    def _pod_records(self, ns, name):
+        """(records, problems) of the pod ``ns/name`` from the objects held; as for a
+        service, an odd object empties its records instead of stopping the sync."""
+        pod = self.pods.get((ns, name))
+        if pod is None:
+            return {}, []
+        try:
+            return pod_records(self.layout, pod)
+        except Exception as exc:
+            return {}, [f"pod {ns}/{name}: {describe_error(exc)}"]
 
     def delete_pod(self, obj):
         ns, name = meta(obj)

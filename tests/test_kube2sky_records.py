@@ -411,6 +411,23 @@ def test_update_changes_only_what_changed():
     assert list(changes) == [f"{BASE}/svc/default/web/_tcp/_http/c88f1059"]
 
 
+def test_a_pod_that_becomes_odd_loses_its_records_and_the_state_stays_readable(caplog):
+    """A pod whose podIPs turn into something pod_records cannot read: its record goes
+    (as an odd service's do) with one line, instead of the pod being stored while its
+    old record stayed, and every later read of the desired state raising."""
+    state = DesiredState(L)
+    good = {"metadata": {"namespace": "ns", "name": "p"}, "status": {"podIP": "10.244.0.7"}}
+    [key] = state.set_pod(good)
+    bad = {**good, "status": {"podIP": "10.244.0.7", "podIPs": 5}}
+    assert state.set_pod(bad) == {key: None}
+    assert dict(state.desired()) == {k: state.value(k) for k in state.index}
+    assert key not in state.index
+    assert [r.getMessage() for r in caplog.records if "ns/p" in r.getMessage()] == [
+        "skipping pod ns/p: TypeError: 'int' object is not iterable"]
+    assert state.set_pod(bad) == {}  # the same problem again: nothing new logged
+    assert len([r for r in caplog.records if "ns/p" in r.getMessage()]) == 1
+
+
 def test_shared_records_stay_while_any_owner_needs_them():
     state = DesiredState(L)
     pod = {"status": {"podIP": "10.244.0.9"}}
