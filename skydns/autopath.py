@@ -28,6 +28,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from .authority import text_labels
 from .config import peer_ip
 from .record import HOST_NETWORK_LABEL, dashed_ip
 from .store import Node
@@ -51,9 +52,8 @@ class PodNamespaces:
         store.reset_listeners.append(self.rebuild)
 
     def set_domain(self, domain: str):
-        labels = domain.rstrip(".").split(".")
-        labels.reverse()
-        base = tuple(labels) + ("pod",)
+        """``domain``: absolute, lower-case (as Config keeps it)."""
+        base = text_labels(domain) + ("pod",)
         if base != self.base:
             self.base = base
             self.rebuild()
@@ -133,14 +133,12 @@ class Autopath:
         store.reset_listeners.append(self.forget)
 
     def reconfigure(self, config):
-        self.domain = config.domain
-        labels = config.domain.rstrip(".").split(".")
-        labels.reverse()
-        self.zone = tuple(labels)
+        domain = config.domain
+        self.zone = text_labels(domain)
         self.search = config.autopath_search
         # What follows the asked name's leading labels in each next name, in wire form.
         suffixes = []
-        for suffix in ["svc." + self.domain, self.domain] + self.search + ["."]:
+        for suffix in ["svc." + domain, domain] + self.search + ["."]:
             wire = dns.name.from_text(suffix).to_wire()
             if wire not in suffixes:
                 suffixes.append(wire)
@@ -167,10 +165,8 @@ class Autopath:
         return len(labels) > n + 2 and labels[n] == "svc" and labels[:n] == self.zone
 
     def namespace(self, host: str, labels) -> str | None:
-        """The namespace whose pod at ``host`` asked for ``labels`` (root-most first):
-        when it is NAME.<ns>.svc.<domain> and the pod is in <ns>; else None, no walk."""
-        if not self.may_walk(labels):
-            return None
+        """The namespace whose pod at ``host`` asked for ``labels`` (root-most first, a
+        name ``may_walk``): when the pod is in the name's <ns>; else None, no walk."""
         namespace = self.pods.namespace_of(host)
         return namespace if namespace == labels[len(self.zone) + 1] else None
 

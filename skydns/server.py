@@ -94,10 +94,10 @@ class QueryHandler:
             if self.resolver.authority.in_domain(query.name):
                 encloser = self.resolver.missing_name(query)
                 if encloser is not None:
-                    if self.autopath is not None and (client or addr):
-                        return self._autopath(query, data, encloser, started, tcp,
-                                              client or addr[0])
-                    return self._nxdomain(query, data, encloser, started, tcp)
+                    if self.autopath is None or not self.autopath.may_walk(query.labels):
+                        return self._nxdomain(query, data, encloser, started, tcp)
+                    return self._autopath(query, data, encloser, started, tcp,
+                                          client or (addr[0] if addr else None))
                 d = self.resolver.fast_query(query)
             else:
                 d = None  # forwarded, or a reverse name: the fast path has nothing for it
@@ -164,7 +164,7 @@ class QueryHandler:
             self.transfers["sent"] += 1
             started = time.monotonic()
             log.info("zone transfer of %s to %s", config.domain, client)
-            d = transfer.Transfer(self.resolver, data, wirefmt.question_end(data),
+            d = transfer.Transfer(self.resolver.authority, data, wirefmt.question_end(data),
                                   send, wait_writable).start()
 
             def done(records):
@@ -246,12 +246,15 @@ class QueryHandler:
                      len(out), reply.system)
         return out
 
-    def _nxdomain(self, query, data, encloser, started, tcp):
+    def _nxdomain(self, query, data, encloser, started, tcp, keep=True):
         """NXDOMAIN for a name that does not exist, from a template: the SOA record after
         the question is the same bytes for every name of the same length and last labels
         (its names compress against the question), so it is rendered once per shape and
         hour. Stored in the wire cache only when the same query comes a second time: a
-        flood of unique names never enters it."""
+        flood of unique names never enters it; and never when autopath may answer the
+        name otherwise for another client (``keep``): the UDP reader does not ask who
+        asks. Only this NXDOMAIN needs that care: a name autopath may walk is answered
+        NXDOMAIN here and nowhere else."""
         cache = self.cache
         qend = query.qend
         shape = (qend, query.name[-self.resolver.soa_suffix_length() - 1:],
@@ -275,7 +278,7 @@ class QueryHandler:
         if self.config.verbose:
             log.info("%s %s -> NXDOMAIN %d bytes (auth, template)", query.name,
                      dns.rdatatype.to_text(query.qtype), len(out))
-        if self._keeps_denial(query.labels) and cache.seen_before(data):
+        if keep and cache.seen_before(data):
             self.metrics.cache_misses["wire"] += 1
             cache.insert(data, [out], (encloser,), self.metrics.slot("auth", out, data),
                          negative=True)
@@ -287,9 +290,9 @@ class QueryHandler:
         """A missing name: the first answer of the pod's search path when ``client`` is a
         pod of the name's namespace, else (or when there is none) NXDOMAIN."""
         autopath = self.autopath
-        namespace = autopath.namespace(client, query.labels)
+        namespace = autopath.namespace(client, query.labels) if client else None
         if namespace is None:
-            return self._nxdomain(query, data, encloser, started, tcp)
+            return self._nxdomain(query, data, encloser, started, tcp, keep=False)
         out = autopath.kept(namespace, data, tcp)
         if out is not None:
             return self._walked(out, query, data, encloser, started, tcp)
@@ -313,7 +316,7 @@ class QueryHandler:
                                   out.getTraceback())
             out = None
         if out is None:
-            return self._nxdomain(query, data, encloser, started, tcp)
+            return self._nxdomain(query, data, encloser, started, tcp, keep=False)
         if kept_as is not None:
             self.autopath.keep(kept_as[0], data, tcp, out, kept_as[1])
         system = "auth" if out[2] & 0x04 else "recursive"
@@ -347,11 +350,6 @@ class QueryHandler:
         self.config = config
         if self._inner is not None:  # -verbose logs what clients asked only
             self._inner.config = dataclasses.replace(config, verbose=False)
-
-    def _keeps_denial(self, labels) -> bool:
-        """Whether an NXDOMAIN for this name may enter the wire cache: not when autopath
-        may answer it otherwise for some client (the hot path does not ask who asks)."""
-        return self.autopath is None or not self.autopath.may_walk(labels)
 
     def _nxdomain_tail(self, query, data):
         """The SOA record as the encoder writes it after this question."""
@@ -411,8 +409,7 @@ class QueryHandler:
         # Whole and within what this query may get over UDP: the same bytes for both.
         shared = complete and max(map(len, responses)) <= udp_limit
         negative = not result.answer
-        if negative and (not self.cache.seen_before(data) or (
-                result.rcode == dns.rcode.NXDOMAIN and not self._keeps_denial(query.labels))):
+        if negative and not self.cache.seen_before(data):
             return out  # stored the second time it is asked (see _nxdomain)
         self.cache.insert(data, responses, result.deps, slot, tcp=tcp, shared=shared,
                           negative=negative)
@@ -457,11 +454,6 @@ class QueryHandler:
 
     def _store(self, reply, data, out):
         message = reply.message
-        if self.autopath is not None and message.rcode() == dns.rcode.NXDOMAIN \
-                and message.question and not self._keeps_denial(
-                    [label.decode("ascii", "replace").lower()
-                     for label in reversed(message.question[0].name.labels[:-1])]):
-            return  # see _keeps_denial
         count = wirefmt.variant_count(message, self.config.round_robin)
         responses = [out]  # rotation 0 is the answer just rendered
         if count > 1:

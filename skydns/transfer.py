@@ -35,7 +35,7 @@ from twisted.internet import defer, task
 from . import encoder
 from .authority import Result, text_labels
 from .record import labels_to_name
-from .store import Node
+from .store import Node, leaf
 
 log = logging.getLogger("skydns.transfer")
 
@@ -91,8 +91,7 @@ def types_of(store, node, labels, own) -> list:
     records = [own] if own is not None else []
     for label, child in node.children.items():
         if child.__class__ is not Node or child.value is not None:
-            record = store.record_at(child if child.__class__ is Node else Node(child),
-                                     labels + (label,))
+            record = store.record_at(leaf(child), labels + (label,))
             if record is not None:
                 records.append(record)
     types = set()
@@ -124,11 +123,10 @@ class Transfer:
     """Serves one AXFR: ``start`` computes the zone and sends it with ``send(bytes)``,
     in messages rendered by ``encoder`` (compressed, ~60 KB each)."""
 
-    def __init__(self, resolver, data: bytes, qend: int, send, wait_writable=None):
-        self.resolver = resolver
+    def __init__(self, authority, data: bytes, qend: int, send, wait_writable=None):
         # The same semantics, without the upstream lookups of targets outside the domain:
         # only what a name owns is carried, and every answer is then computed at once.
-        self.authority = copy.copy(resolver.authority)
+        self.authority = copy.copy(authority)
         self.authority.upstream = lambda name, rdtype: defer.succeed([])
         self.query_id = data[:2]
         self.flags = 0x8000 | 0x0400 | (data[2] & 0x01) << 8  # QR, AA, RD as asked
@@ -143,7 +141,7 @@ class Transfer:
         """A Deferred that fires with the number of records sent, once all are."""
         config = self.authority.config
         apex = config.domain_text
-        owner, soa = self.authority.soa()
+        _, soa = self.authority.soa()
         self.soa = (apex, T.SOA, config.ttl, [soa])
         self._add(self.soa)
         for rrset in self._answer(apex, text_labels(apex), T.NS):
