@@ -109,7 +109,9 @@ class PodNamespaces:
         return found if found.__class__ is str else None
 
 
-MAX_ANSWERS = 10000  # walks' answers kept (see Autopath.answers), cleared when full
+MAX_ANSWERS = 10000  # walks' answers kept (see Autopath.answers), cleared when full...
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # ...or when they would take more: a TCP answer may be
+#                                     64 KB, and a pod can vary its query's letter case
 
 
 class Autopath:
@@ -123,6 +125,7 @@ class Autopath:
     def __init__(self, store, config):
         self.pods = PodNamespaces(store, config.domain)
         self.answers = {}
+        self.answer_bytes = 0  # of the keys' and answers' bytes in ``answers``
         self.generation = 0  # changes that made kept answers stale (a walk that began
         #                      before one must not keep what it found)
         self.found = 0      # walks that answered with a name further down the path
@@ -150,6 +153,7 @@ class Autopath:
         """Drop every kept answer, and what walks under way would keep."""
         self.generation += 1
         self.answers.clear()
+        self.answer_bytes = 0
 
     def changed(self, labels):
         """A record changed: the answers kept are stale unless it is a pod record."""
@@ -181,9 +185,13 @@ class Autopath:
     def keep(self, namespace: str, data: bytes, tcp: bool, out: bytes, generation: int):
         """Keep a walk's answer, unless records changed since it began (``generation``)."""
         if out[2] & 0x04 and generation == self.generation:  # AA: from the store
-            if len(self.answers) >= MAX_ANSWERS:
+            size = len(data) + len(out)
+            if (len(self.answers) >= MAX_ANSWERS
+                    or self.answer_bytes + size > MAX_ANSWER_BYTES):
                 self.answers.clear()
+                self.answer_bytes = 0
             self.answers[namespace, tcp, data[2:]] = out[2:]
+            self.answer_bytes += size  # (a key kept again is counted twice: cleared sooner)
 
     def queries(self, labels, data: bytes, qend: int) -> list:
         """The queries to ask after ``data`` (for NAME.<ns>.svc.<domain>, which does not

@@ -364,6 +364,28 @@ def test_the_in_process_bench_runs():
     assert "walked each time" in out.stdout
 
 
+def test_kept_answers_stay_within_their_byte_bound():
+    """In process: a pod asking in many letter cases (each spelling its own query bytes)
+    for a name whose answer is wide over TCP must not make the kept answers grow past
+    MAX_ANSWER_BYTES (with the entry bound alone, 10,000 answers of 60 KB: 600 MB)."""
+    from skydns import autopath as ap
+    from skydns.config import Config
+    from skydns.store import RecordStore
+    autopath = ap.Autopath(RecordStore(), Config(domain=D, nameservers=["127.0.0.1:9"],
+                                                 autopath=True, autopath_search=[]))
+    wide = b"\x00\x00\x84\x00" + bytes(60000)  # AA, as a headless service's TCP answer
+    name = asked("wide")
+    spellings = [("".join(c.upper() if i >> k & 1 else c for k, c in enumerate(name)))
+                 for i in range(400)]
+    for spelling in spellings:
+        data = dns.message.make_query(spelling, "SRV").to_wire()
+        autopath.keep("default", data, True, wide, autopath.generation)
+        assert autopath.answer_bytes <= ap.MAX_ANSWER_BYTES
+        assert sum(len(k[2]) + len(v) for k, v in autopath.answers.items()) <= \
+            ap.MAX_ANSWER_BYTES
+    assert autopath.kept("default", data, True) is not None  # the last one is kept
+
+
 def test_a_walk_that_began_before_a_change_keeps_nothing():
     """In process: an answer found by a walk is kept only if no record of the domain
     (outside pod/) changed since the walk began (it may have waited for an upstream)."""
