@@ -258,18 +258,29 @@ def service_records(layout: Layout, service: dict, endpoints: list | None):
         external, bad = external_records(layout, namespace, name, service)
         records.update(external)
         problems += bad
+    ports, bad = srv_ports(spec, namespace, name)
+    problems += bad
+    for protocol, port_name, number in ports:
+        records[f"{key}/_{protocol}/_{port_name}/{first_label}"] = layout.value(
+            fqdn, port=number)
+    return records, problems
+
+
+def srv_ports(spec, namespace, name):
+    """([(protocol, port name, number)], problems) of a service's named ports, lower-case,
+    as SRV labels take them; unnamed ports get no SRV, and a named one without a valid
+    number is a problem."""
+    ports, problems = [], []
     for port in spec.get("ports") or []:
         port_name = port.get("name")
         number = port.get("port")
         if not port_name:
-            continue  # unnamed ports get no SRV
+            continue
         if not isinstance(number, int) or not 0 < number < 65536:
             problems.append(f"service {namespace}/{name}: port {port_name} has no valid number")
             continue
-        protocol = (port.get("protocol") or "TCP").lower()
-        records[f"{key}/_{protocol}/_{port_name.lower()}/{first_label}"] = layout.value(
-            fqdn, port=number)
-    return records, problems
+        ports.append(((port.get("protocol") or "TCP").lower(), port_name.lower(), number))
+    return ports, problems
 
 
 def external_records(layout, namespace, name, service):
@@ -300,6 +311,7 @@ def external_records(layout, namespace, name, service):
     if not ips and not hostnames:
         return records, problems
     is_ns = layout.external_ns_service == (namespace, name)
+    ports, _ = srv_ports(spec, namespace, name)  # (bad ports: the cluster records say so)
     for zone in layout.external:
         key = f"{zone.base}/{namespace}/{name}"
         first = None
@@ -314,13 +326,8 @@ def external_records(layout, namespace, name, service):
             first = fnv1a32_label(encode_record(target, ttl=zone.ttl))
             records[f"{key}/{first}"] = zone.value(target)
         fqdn = f"{name}.{namespace}.{zone.domain}"
-        for port in spec.get("ports") or []:
-            if not isinstance(port, dict) or not isinstance(port.get("name"), str) \
-                    or not port["name"] or not isinstance(port.get("port"), int):
-                continue  # unnamed or bad ports: the cluster records say so already
-            protocol = (port.get("protocol") or "TCP").lower()
-            records[f"{key}/_{protocol}/_{port['name'].lower()}/{first}"] = zone.value(
-                fqdn, port=port["port"])
+        for protocol, port_name, number in ports:
+            records[f"{key}/_{protocol}/_{port_name}/{first}"] = zone.value(fqdn, port=number)
     return records, problems
 
 

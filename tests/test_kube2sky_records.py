@@ -148,6 +148,16 @@ def test_a_bad_external_ip_is_a_problem_and_the_others_stay():
     assert [json.loads(v)["host"] for v in external(records).values()] == ["198.51.100.7"]
 
 
+def test_a_port_without_a_valid_number_has_no_srv_in_either_zone():
+    """The cluster records skip a named port numbered 70000 with a problem; the external
+    zone skipped it only when the number was not an integer, and wrote its SRV."""
+    records, problems = service_records(XL, svc("web", externalIPs=["198.51.100.7"], ports=[
+        {"name": "http", "port": 80}, {"name": "big", "port": 70000}]), None)
+    assert problems == ["service default/web: port big has no valid number"]
+    srv = sorted(k.split("/")[-3:-1] for k in records if "/_tcp/" in k)
+    assert srv == [["_tcp", "_http"], ["_tcp", "_http"]]  # the cluster's and the zone's
+
+
 def test_the_name_server_service_is_the_zones_ns():
     service = dict(svc("dns-external", ns="kube-system", type="LoadBalancer"),
                    status=balancer({"ip": "203.0.113.53"}))
