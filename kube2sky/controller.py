@@ -32,7 +32,7 @@ import threading
 import time
 
 from skydns.memory import CollectorPause, return_freed_memory
-from skydns.retry import Backoff
+from skydns.retry import Backoff, describe_error
 
 from .etcdwriter import SENT
 from .records import fingerprint, meta
@@ -84,7 +84,7 @@ class Controller(threading.Thread):
             snapshot = self.writer.read_state()
         except Exception as exc:  # the first reconcile reads (and retries) itself
             log.warning("cannot read etcd at start (%s): the reconcile will",
-                        " ".join(str(exc).split())[:300] or exc.__class__.__name__)
+                        describe_error(exc)[:300])
         else:
             log.info("read %d keys from etcd in %.2fs (%d of them ours)", len(snapshot[1]),
                      time.monotonic() - started, len(snapshot[0]))
@@ -237,7 +237,7 @@ class Controller(threading.Thread):
             count = self.writer.reconcile(self.state.desired(), snapshot)
         except Exception as exc:
             delay = self._backoff.next()
-            self.reconcile_error = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+            self.reconcile_error = describe_error(exc)[:300]
             log.warning("cannot reconcile with etcd yet (%s); retrying in %.1fs",
                         self.reconcile_error, delay)
             self._next_reconcile = time.monotonic() + delay

@@ -110,9 +110,9 @@ def parse_args(argv=None, environ=None):
             setattr(args, field.name, environ[env])
     args.external_zones = [z.strip().lower().rstrip(".") + "."
                            for z in args.external_zone.split(",") if z.strip()]
+    domain = args.domain.strip(".").lower()
     for zone in args.external_zones:
-        if zone == args.domain.strip(".").lower() + "." or zone.endswith(
-                "." + args.domain.strip(".").lower() + "."):
+        if zone == domain + "." or zone.endswith("." + domain + "."):
             raise SystemExit(f"kube2sky: --external-zone {zone} is inside --domain")
     if args.external_ns_service:
         parts = args.external_ns_service.split("/")
@@ -127,8 +127,7 @@ def parse_args(argv=None, environ=None):
     args.machines = [m.strip() for m in args.etcd_server.split(",") if m.strip()]
     if args.leader_elect_lease_duration < 2:
         raise SystemExit("kube2sky: --leader-elect-lease-duration must be at least 2s")
-    args.leader_elect_key = args.leader_elect_key or \
-        KEY_PREFIX + args.domain.strip(".").lower()
+    args.leader_elect_key = args.leader_elect_key or KEY_PREFIX + domain
     args.leader_elect_identity = args.leader_elect_identity or default_identity()
     return args
 

@@ -42,7 +42,6 @@ class Reflector(threading.Thread):
         self.stop_event = stop_event
         self.watch_timeout = watch_timeout
         self.failures = FailureLog(log)  # list/watch failing, and why
-        self.failures.healthy = False    # until the first list
         self.relists = 0
 
     def stop(self):

@@ -52,13 +52,11 @@ class FailureLog:
             self.logger.warning(message, *args, reason)
         self.healthy, self.last_error = False, reason
 
-    def recovered(self, message: str = "", *args) -> bool:
-        """Note a success; log ``message`` when it follows a failure. Whether it did."""
-        was_failing = not self.healthy
-        if was_failing and message:
+    def recovered(self, message: str = "", *args):
+        """Note a success; log ``message`` when it follows a failure."""
+        if not self.healthy and message:
             self.logger.info(message, *args)
         self.healthy, self.last_error = True, ""
-        return was_failing
 
 
 class RateLimitedLog:
