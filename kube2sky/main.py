@@ -326,7 +326,7 @@ def main(argv=None):
     bound_malloc_arenas()  # before the first thread and etcd client
     stop_event = threading.Event()
     stop_event_on_signals(stop_event, "records follow the API server's watch continuously",
-                          log)  # before the first thread too
+                          log.info)  # before the first thread too
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)

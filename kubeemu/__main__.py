@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     # Before the first thread (start's), and no earlier: whoever calls main() and gets a
     # return code for bad flags or seeds (a test) keeps its signals as they were.
-    stop_event_on_signals(stop, "the emulator has nothing to reload")
+    stop_event_on_signals(stop, "the emulator has nothing to reload",
+                          lambda line: print("kubeemu: " + line, file=sys.stderr, flush=True))
     try:
         emulator.start()
     except OSError as exc:

@@ -27,10 +27,12 @@ def hand_to_reactor(reactor, on_stop, hup_reason):
         log.info, "SIGHUP ignored: %s", hup_reason))
 
 
-def stop_event_on_signals(stopped: threading.Event, hup_reason, logger=log) -> None:
-    """kube2sky, kubeemu: SIGTERM or SIGINT sets ``stopped``. Call it before any thread
-    starts: the signals are blocked here and in every thread started afterwards (they
-    inherit the mask), and one daemon thread waits for them."""
+def stop_event_on_signals(stopped: threading.Event, hup_reason, say=log.info) -> None:
+    """kube2sky, kubeemu: SIGTERM or SIGINT sets ``stopped``; SIGHUP is told with
+    ``say(line)``. Call it before any thread starts, and only in a process that will
+    serve: the signals are blocked here and in every thread started afterwards (they
+    inherit the mask, as would any child process), and one daemon thread waits for
+    them."""
     taken = {*STOP_SIGNALS, signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_BLOCK, taken)
 
@@ -38,7 +40,7 @@ def stop_event_on_signals(stopped: threading.Event, hup_reason, logger=log) -> N
         while True:
             signum = signal.sigwait(taken)
             if signum == signal.SIGHUP:
-                logger.info("SIGHUP ignored: %s", hup_reason)
+                say(f"SIGHUP ignored: {hup_reason}")
             else:
                 stopped.set()
     threading.Thread(target=take, name="signals", daemon=True).start()

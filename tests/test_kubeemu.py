@@ -680,6 +680,8 @@ def test_console_script_prints_its_url_ignores_sighup_and_stops_on_sigterm(tmp_p
         assert [s["endpoints"][0]["hostname"] for s in slices] == ["one"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+        assert "kubeemu: SIGHUP ignored: the emulator has nothing to reload" in \
+            proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
