@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
-from skydns.config import option, parse_bool, parse_duration
+from skydns.config import add_option, option, parse_bool, parse_duration
 from skydns.memory import bound_malloc_arenas
 from skydns.retry import Backoff, FailureLog, describe_error
 from skydns.record import OWNER_FIELD
@@ -31,8 +31,8 @@ log = logging.getLogger("kube2sky")
 @dataclasses.dataclass
 class Settings:
     """kube2sky's flags, each described once (``skydns.config.option``): its help, how
-    its text is parsed (``"bool"``: the flag alone means true; a tuple: the values it may
-    take), and the environment variable read when the flag is not given. A flag is
+    its text is parsed (``parse_bool``: the flag alone means true; a tuple: the values it
+    may take), and the environment variable read when the flag is not given. A flag is
     accepted as --a-b, -a-b, --a_b and -a_b. ``parse_args`` gives them as a Namespace."""
 
     domain: str = option("cluster.local", "domain the records are for")
@@ -47,10 +47,10 @@ class Settings:
     healthz_addr: str = option("0.0.0.0", "address for the health endpoints")
     ttl: int = option(30, "TTL of the records written", parse=int)
     pod_records: bool = option(
-        True, "write a-b-c-d.<ns>.pod.<domain> records", parse="bool")
+        True, "write a-b-c-d.<ns>.pod.<domain> records", parse=parse_bool)
     endpoint_ip_names: bool = option(
         True, "also name a headless endpoint without a hostname by its dashed IP "
-        "(a-b-c-d.<svc>.<ns>.svc.<domain>, as CoreDNS)", parse="bool")
+        "(a-b-c-d.<svc>.<ns>.svc.<domain>, as CoreDNS)", parse=parse_bool)
     endpoints_source: str = option(
         "auto", "auto, endpointslices or endpoints", parse=("auto", "endpointslices", "endpoints"))
     external_zone: str = option(
@@ -69,7 +69,7 @@ class Settings:
     password: str = option("", "etcd password", env="ETCD_PASSWORD")
     leader_elect: bool = option(
         False, "elect one writer among several replicas through etcd; the others keep their "
-        "state and stand by", parse="bool")
+        "state and stand by", parse=parse_bool)
     leader_elect_lease_duration: float = option(
         15.0, "TTL of the leader's etcd lease: a dead leader is replaced within it",
         parse=parse_duration)
@@ -84,20 +84,10 @@ def build_parser():
         description="Sync Kubernetes Services, Endpoints/EndpointSlices and Pods into "
                     "SkyDNS records in etcd. Flags: --a-b or -a_b (both spellings).")
     for field in dataclasses.fields(Settings):
-        under, meta = field.name, field.metadata
+        under = field.name
         name = under.replace("_", "-")
         spellings = list(dict.fromkeys([f"--{name}", f"-{name}", f"--{under}", f"-{under}"]))
-        kwargs = {"dest": under, "default": field.default, "help": meta["help"]}
-        if meta["env"]:
-            kwargs["help"] += f" [${meta['env']}]"
-        parse = meta["parse"]
-        if parse == "bool":
-            kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
-        elif isinstance(parse, tuple):
-            kwargs.update(choices=parse)
-        else:
-            kwargs.update(type=parse, metavar=under.upper())
-        parser.add_argument(*spellings, **kwargs)
+        add_option(parser, field, spellings, field.default)
     return parser
 
 

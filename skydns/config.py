@@ -492,9 +492,22 @@ class Config:
         return parse_hostport(self.addr, 53)
 
 
-# (flag, attribute, type, environment variable, help) of the settings that are flags
-_FLAGS = [(f.name.replace("_", "-"), f.name, f.metadata["parse"], f.metadata["env"],
-           f.metadata["help"]) for f in dataclasses.fields(Config) if f.metadata["flag"]]
+def add_option(parser: argparse.ArgumentParser, field, spellings, default) -> None:
+    """One setting (an ``option`` field) as an argument of ``parser``: its help, with its
+    environment variable; how its text is parsed (``parse_bool``: the flag alone means
+    true; a tuple: the values it may take). kube2sky's parser is built with it too."""
+    metadata = field.metadata
+    kwargs = {"dest": field.name, "default": default, "help": metadata["help"]}
+    if metadata["env"]:
+        kwargs["help"] += f" [${metadata['env']}]"
+    parse = metadata["parse"]
+    if parse is parse_bool:
+        kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+    elif isinstance(parse, tuple):
+        kwargs.update(choices=parse)
+    else:
+        kwargs.update(type=parse, metavar=field.name.upper())
+    parser.add_argument(*spellings, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -503,15 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="DNS server for the SkyDNS records in etcd (flags in SkyDNS's Go style: "
                     "-flag=value, -flag value, or --flag=value)",
         allow_abbrev=False)
-    for flag, attr, typ, env, helptext in _FLAGS:
-        kwargs = {"dest": attr, "default": argparse.SUPPRESS, "help": helptext}
-        if env:
-            kwargs["help"] += f" [${env}]"
-        if typ is parse_bool:
-            kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
-        else:
-            kwargs.update(type=typ, metavar=attr.upper())
-        parser.add_argument("-" + flag, "--" + flag, **kwargs)
+    for field in dataclasses.fields(Config):
+        if field.metadata["flag"]:
+            flag = field.name.replace("_", "-")
+            add_option(parser, field, ["-" + flag, "--" + flag], argparse.SUPPRESS)
     return parser
 
 
