@@ -27,6 +27,7 @@ import dns.message  # noqa: E402
 import dns.query  # noqa: E402
 
 from procs import Etcd, Skydns  # noqa: E402
+from cluster_scale import percentile  # noqa: E402
 from skydns.record import encode_record  # noqa: E402
 
 
@@ -60,9 +61,9 @@ def probe(port, stop, deadline):
 
 
 def figures(latencies):
-    lat = sorted(latencies)
-    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000  # noqa: E731
-    return f"n={len(lat)} p50 {pick(0.5):.2f} ms, p99 {pick(0.99):.2f} ms, max {lat[-1] * 1000:.1f} ms"
+    ms = [latency * 1000 for latency in latencies]
+    return (f"n={len(ms)} p50 {percentile(ms, 50):.2f} ms, p99 {percentile(ms, 99):.2f} ms, "
+            f"max {max(ms):.1f} ms")
 
 
 def main(argv=None) -> int:
