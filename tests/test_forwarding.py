@@ -488,14 +488,6 @@ def test_ttl_aged_and_clients_id_and_spelling_kept(sky, upstream):
     assert upstream.count("ttl5.case.example.com.") == 1
 
 
-@pytest.mark.parametrize("name, rcode", [("nodata.a.example.com.", dns.rcode.NOERROR),
-                                         ("fail.a.example.com.", dns.rcode.SERVFAIL)])
-def test_not_cached_without_soa_or_on_servfail(sky, upstream, name, rcode):
-    for _ in range(2):
-        assert ask(sky, name).rcode() == rcode
-    assert upstream.count(name) == 2
-
-
 def test_truncated_reply_relayed_not_cached_and_tcp_cached(sky, upstream):
     for _ in range(2):
         reply = ask(sky, "big.tc.example.com.")
@@ -538,19 +530,6 @@ def test_external_targets_looked_up_through_the_response_cache(etcd, upstream):
     finally:
         client.delete_prefix("/tgt/")
         client.close()
-
-
-def test_identical_queries_in_flight_share_one_upstream_query(sky, upstream):
-    name = "slow.coalesce.example.com."
-    before = scrape(sky, "skydns_forward_events_total", {"event": "coalesced"})
-    spellings = ["".join(c.upper() if (i >> k) & 1 else c for k, c in enumerate(name))
-                 for i in range(20)]  # one key: names compare case-insensitively
-    replies = concurrently(sky, spellings)
-    for spelling, (_, reply) in zip(spellings, replies):
-        assert reply.question[0].name.to_text() == spelling
-        assert addresses(reply) == ["192.0.2.1"]
-    assert upstream.count(name) == 1
-    assert scrape(sky, "skydns_forward_events_total", {"event": "coalesced"}) == before + 19
 
 
 def test_ptr_record_replaces_a_cached_forwarded_answer(sky, upstream, etcd):
@@ -629,34 +608,6 @@ def test_stale_answer_served_when_every_upstream_fails(etcd):
                      what="a fresh answer")
     finally:
         dying.close()
-
-
-def test_failed_upstream_skipped_until_it_answers_again(etcd):
-    first, second = Scripted(), Scripted()
-    first.silent = True
-    try:
-        with running(etcd, "-ns-rotate=false", "-rtimeout=1s", "-rcache=0",
-                     upstream=f"{first.address},{second.address}") as s:
-            started = time.monotonic()
-            assert addresses(ask(s, "a0.health.example.com.")) == ["192.0.2.1"]
-            assert time.monotonic() - started >= 0.9  # waited for the silent one
-            for i in range(1, 4):
-                started = time.monotonic()
-                assert addresses(ask(s, f"a{i}.health.example.com.")) == ["192.0.2.1"]
-                assert time.monotonic() - started < 0.5, "the failed server was tried first"
-            assert first.total() == 1 and second.total() == 4
-            first.silent = False
-            time.sleep(2.3)  # the failed server's next probe is due
-            ask(s, "a4.health.example.com.")  # probes it in the background
-            wait_for(lambda: first.count("a4.health.example.com.") == 1, timeout=2,
-                     what="the probe")
-            time.sleep(0.1)
-            ask(s, "a5.health.example.com.")
-            assert first.count("a5.health.example.com.") == 1  # first in order again
-            assert second.count("a5.health.example.com.") == 0
-    finally:
-        first.close()
-        second.close()
 
 
 # -- UDP socket pools: IDs multiplexed over long-lived sockets ----------------------------
